@@ -1,0 +1,188 @@
+"""The ``crmsync-exporter`` command: flags, wiring, and a clean exit on user mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from exporter import __version__
+from exporter.collection import StoreCollector
+from exporter.config import Config, ConfigError, load_config
+from exporter.dialects import UnsupportedDatabaseError
+from exporter.http import ExporterHTTPServer
+from exporter.logs import setup_logging
+from exporter.metrics import SyncStoreCollector
+from exporter.runner import StoreRunner
+from exporter.web_config import WebConfig, load_web_config
+
+DEFAULT_PORT = 9312
+log = logging.getLogger("exporter")
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the files it names: reported in one line, exit 1."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="crmsync-exporter",
+        description="Prometheus exporter for CRM synchronisation stores.",
+    )
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        type=Path,
+        default=Path("crmsync-exporter.yml"),
+        help="configuration file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the configuration (and web configuration), then exit",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=f":{DEFAULT_PORT}",
+        help="address to listen on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        help="path under which metrics are served (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        type=Path,
+        default=None,
+        help="exporter-toolkit web configuration: TLS and basic auth",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=["debug", "info", "warn", "error"],
+        default="info",
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", choices=["logfmt", "json"], default="logfmt"
+    )
+    parser.add_argument("--version", action="version", version=f"crmsync-exporter {__version__}")
+    args = parser.parse_args(argv)
+    if not args.telemetry_path.startswith("/"):
+        parser.error("--web.telemetry-path must start with /")
+    return args
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """``host:port``, ``:port`` or ``[v6]:port`` into a socket address."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--web.listen-address {address!r}: expected host:port, e.g. :9312")
+    return host.strip("[]"), int(port)
+
+
+def build_runners(config: Config) -> list[StoreRunner]:
+    runners = []
+    for index, store in enumerate(config.stores):
+        try:
+            runners.append(StoreRunner(StoreCollector(store)))
+        except (NoSuchModuleError, UnsupportedDatabaseError, ArgumentError) as error:
+            raise UsageError(f"stores[{index}].url: {error}") from None
+        except ModuleNotFoundError as error:
+            raise UsageError(
+                f"stores[{index}].url: the database driver {error.name!r} is not installed"
+            ) from None
+    return runners
+
+
+def make_server(
+    address: str, telemetry_path: str, web_config: WebConfig, registry: CollectorRegistry
+) -> ExporterHTTPServer:
+    host, port = parse_listen_address(address)
+    server_class = ExporterHTTPServer
+    if ":" in host:
+
+        class _IPv6Server(ExporterHTTPServer):
+            address_family = socket.AF_INET6
+
+        server_class = _IPv6Server
+    try:
+        return server_class((host, port), registry, telemetry_path, web_config)
+    except OSError as error:
+        raise UsageError(f"--web.listen-address {address!r}: {error.strerror}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config_file)
+    web_config = load_web_config(args.web_config_file) if args.web_config_file else WebConfig()
+    if args.config_check:
+        names = ", ".join(store.name for store in config.stores)
+        print(f"{args.config_file}: valid, {len(config.stores)} store(s): {names}")
+        return 0
+
+    runners = build_runners(config)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SyncStoreCollector(lambda: [runner.state for runner in runners]))
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    server = make_server(args.listen_address, args.telemetry_path, web_config, registry)
+
+    for runner, store in zip(runners, config.stores, strict=True):
+        log.info(
+            "collecting",
+            extra={"store": store.name, "url": store.display_url(), "interval": store.interval},
+        )
+        runner.start()
+
+    def shut_down(signum: int, _frame: FrameType | None) -> None:
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shut_down)
+    signal.signal(signal.SIGINT, shut_down)
+    port = server.server_address[1]
+    log.info(
+        "listening",
+        extra={"port": port, "path": args.telemetry_path, "version": __version__},
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        for runner in runners:
+            runner.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    try:
+        return run(args)
+    except ConfigError as error:
+        print(error.render(), file=sys.stderr)
+    except UsageError as error:
+        print(f"crmsync-exporter: {error}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,223 @@
+"""One collection cycle against one store: backlog, new history and errors, last full hour."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, create_engine
+from sqlalchemy.engine import Engine
+
+from exporter.config import StoreConfig
+from exporter.dialects import configure_engine, connect_arguments
+from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
+from exporter.labels import Series, StoreLabels
+from exporter.queries import StoreQueries, build_queries
+from exporter.tally import LATENCY_BUCKETS, Counter, Histogram, HistogramValue
+
+log = logging.getLogger(__name__)
+
+ErrorSeries = tuple[str, str, str, str]
+"""(object, operation, direction, error_code) label values."""
+HourSeries = tuple[str, str]
+"""(object, direction) label values."""
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Pending rows of one series and the enqueue time of the oldest (None when empty)."""
+
+    pending: int
+    oldest: float | None
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """What the store looked like at ``db_now`` (its own clock, Unix seconds)."""
+
+    db_now: float
+    backlog: dict[Series, Backlog]
+    synced_last_hour: dict[HourSeries, int]
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Counter values: every row the exporter has counted in the store."""
+
+    synced: dict[Series, int] = field(default_factory=dict)
+    latency: dict[Series, HistogramValue] = field(default_factory=dict)
+    errors: dict[ErrorSeries, int] = field(default_factory=dict)
+    open_gaps: int = 0
+
+
+class _HistorySink:
+    def __init__(self, labels: StoreLabels) -> None:
+        self._labels = labels
+        self.synced: Counter[Series] = Counter()
+        self.latency: Histogram[Series] = Histogram()
+
+    def add_aggregate(self, row: AnyRow) -> None:
+        series = self._labels.series(row[0], row[1], row[2])
+        self.synced.add(series, int(row.rows))
+        cumulative = [int(getattr(row, f"le_{i}") or 0) for i in range(len(LATENCY_BUCKETS))]
+        self.latency.add_cumulative(
+            series, cumulative, int(row.observed or 0), float(row.latency_sum or 0.0)
+        )
+
+    def add_row(self, row: AnyRow) -> None:
+        series = self._labels.series(row[1], row[2], row[3])
+        self.synced.add(series)
+        if row.latency is not None:
+            self.latency.observe(series, float(row.latency))
+
+    def reset(self) -> None:
+        self.synced.clear()
+        self.latency.clear()
+
+
+class _ErrorSink:
+    def __init__(self, labels: StoreLabels) -> None:
+        self._labels = labels
+        self.errors: Counter[ErrorSeries] = Counter()
+
+    def add_aggregate(self, row: AnyRow) -> None:
+        self.errors.add(self._series(row[0], row[1], row[2], row[3]), int(row.rows))
+
+    def add_row(self, row: AnyRow) -> None:
+        self.errors.add(self._series(row[1], row[2], row[3], row[4]))
+
+    def reset(self) -> None:
+        self.errors.clear()
+
+    def _series(
+        self, obj: object, operation: object, direction: object, code: object
+    ) -> ErrorSeries:
+        return (*self._labels.series(obj, operation, direction), self._labels.error_codes(code))
+
+
+class CollectionError(Exception):
+    """A cycle failed; ``step`` says what it was doing, ``__cause__`` what went wrong."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+class LastHourCache:
+    """The previous full clock hour changes only while late commits can still land in it."""
+
+    def __init__(self, settle_time: float) -> None:
+        self._settle_time = settle_time
+        self._hour_end: float | None = None
+        self._counts: dict[HourSeries, int] = {}
+
+    def get(
+        self, connection: Connection, queries: StoreQueries, labels: StoreLabels, db_now: float
+    ) -> dict[HourSeries, int]:
+        hour_end = db_now - db_now % 3600
+        settled = self._hour_end == hour_end and db_now > hour_end + self._settle_time
+        if settled:
+            return self._counts
+        counts: dict[HourSeries, int] = {}
+        statement = queries.synced_between(utc_datetime(hour_end - 3600), utc_datetime(hour_end))
+        for raw_object, raw_direction, synced in connection.execute(statement):
+            key = (labels.objects(raw_object), labels.directions(raw_direction))
+            counts[key] = counts.get(key, 0) + int(synced)
+        self._hour_end, self._counts = hour_end, counts
+        return counts
+
+
+class StoreCollector:
+    """Owns one store's connection and running totals; ``collect`` runs one cycle."""
+
+    def __init__(self, config: StoreConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or make_engine(config)
+        self.labels = StoreLabels(config)
+        self.queries = build_queries(config, self.engine.dialect.name)
+        self._history = _HistorySink(self.labels)
+        self._errors = _ErrorSink(self.labels)
+        self._feeds: list[IdFeed | MomentFeed]
+        if self.queries.append_only:
+            self._feeds = [
+                IdFeed(self.queries.history, self._history, config.settle_time),
+                IdFeed(self.queries.errors, self._errors, config.settle_time),
+            ]
+        else:
+            self._feeds = [
+                MomentFeed(self.queries.history, self._history, config.settle_time),
+                MomentFeed(self.queries.errors, self._errors, config.settle_time),
+            ]
+        self._last_hour = LastHourCache(config.settle_time)
+        self.query_seconds: dict[str, float] = {}
+
+    def collect(self) -> Gauges:
+        """Run every query once; raise CollectionError naming the step that failed."""
+        timings: dict[str, float] = {}
+        step = f"connecting to {self.config.display_url()}"
+        try:
+            with self.engine.connect() as connection, connection.begin():
+                step = "reading the database clock"
+                started = time.perf_counter()
+                db_now = float(connection.execute(self.queries.now()).scalar_one())
+                step = f"reading the backlog from {self.queries.queue_source.fullname}"
+                backlog = self._backlog(connection)
+                timings["backlog"] = time.perf_counter() - started
+                for name, feed in zip(("history", "errors"), self._feeds, strict=True):
+                    source = getattr(self.queries, name).source.fullname
+                    step = f"reading new {name} rows from {source}"
+                    started = time.perf_counter()
+                    feed.read(connection, db_now)
+                    timings[name] = time.perf_counter() - started
+                step = f"counting last hour's syncs in {self.queries.history.source.fullname}"
+                started = time.perf_counter()
+                last_hour = self._last_hour.get(connection, self.queries, self.labels, db_now)
+                timings["last_hour"] = time.perf_counter() - started
+        except Exception as error:
+            raise CollectionError(step) from error
+        self.query_seconds = timings
+        return Gauges(db_now=db_now, backlog=backlog, synced_last_hour=dict(last_hour))
+
+    def totals(self) -> Totals:
+        """A copy of the counters, safe to hand to another thread."""
+        synced = self._history.synced.values()
+        latency = self._history.latency.values()
+        for series in self.labels.zero_filled():
+            synced.setdefault(series, 0)
+            latency.setdefault(series, HistogramValue.empty(len(LATENCY_BUCKETS)))
+        open_gaps = sum(len(feed.gaps) for feed in self._feeds if isinstance(feed, IdFeed))
+        return Totals(synced, latency, self._errors.errors.values(), open_gaps)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _backlog(self, connection: Connection) -> dict[Series, Backlog]:
+        pending: dict[Series, int] = dict.fromkeys(self.labels.zero_filled(), 0)
+        oldest: dict[Series, float] = {}
+        for raw_object, raw_operation, raw_direction, count, first in connection.execute(
+            self.queries.backlog()
+        ):
+            series = self.labels.series(raw_object, raw_operation, raw_direction)
+            pending[series] = pending.get(series, 0) + int(count)
+            if first is not None:
+                oldest[series] = min(float(first), oldest.get(series, float(first)))
+        return {series: Backlog(count, oldest.get(series)) for series, count in pending.items()}
+
+
+def make_engine(config: StoreConfig) -> Engine:
+    """An engine with one connection, checked before use and bounded by the query timeout."""
+    url = config.database_url()
+    pool: dict[str, Any] = {}
+    if url.get_backend_name() != "sqlite":
+        pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": config.query_timeout}
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        connect_args=connect_arguments(url.drivername, config.query_timeout),
+        **pool,
+    )
+    configure_engine(engine, config.query_timeout)
+    return engine

@@ -1,0 +1,398 @@
+"""Configuration: the YAML file parsed once into validated, immutable objects."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+# Table and column names are put into SQL (quoted); anything beyond a plain identifier,
+# optionally schema-qualified, is refused outright rather than trusted to quoting.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_STORE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_.:-]{1,64}$")
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; ``problems`` name each key path and reason."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+    def render(self) -> str:
+        lines = [f"invalid configuration {self.source}:"]
+        lines += [f"  {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def _parse_duration(value: object) -> object:
+    """Accept seconds as a number or a Prometheus-style duration such as ``1m30s``."""
+    if isinstance(value, bool):
+        return value  # let pydantic reject it with its own message
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _DURATION.fullmatch(text):
+            return sum(
+                float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text)
+            )
+        raise ValueError(f"{value!r} is not a duration (use seconds or e.g. 15s, 1m30s, 500ms)")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+
+
+def _check_identifier(value: str) -> str:
+    parts = value.split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+        raise ValueError(
+            f"{value!r} is not a plain SQL identifier (letters, digits, _ and $; "
+            "optionally schema.table)"
+        )
+    return value
+
+
+SqlName = Annotated[str, AfterValidator(_check_identifier)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class _Table(_Frozen):
+    """A table of the store and the names of its columns."""
+
+
+class QueueTable(_Table):
+    """The queue of pending changes (reference: ``sync_queue``)."""
+
+    table: SqlName = "sync_queue"
+    object_type: SqlName = "object_type"
+    operation: SqlName = "operation"
+    direction: SqlName = "direction"
+    enqueued_at: SqlName = "enqueued_at"
+    record_id: SqlName = "record_id"
+
+
+class HistoryTable(_Table):
+    """Changes synced successfully, append-only (reference: ``sync_history``)."""
+
+    table: SqlName = "sync_history"
+    id: SqlName = "id"
+    object_type: SqlName = "object_type"
+    operation: SqlName = "operation"
+    direction: SqlName = "direction"
+    enqueued_at: SqlName = "enqueued_at"
+    synced_at: SqlName = "synced_at"
+
+
+class ErrorTable(_Table):
+    """Failed attempts, append-only (reference: ``sync_error``)."""
+
+    table: SqlName = "sync_error"
+    id: SqlName = "id"
+    object_type: SqlName = "object_type"
+    operation: SqlName = "operation"
+    direction: SqlName = "direction"
+    error_code: SqlName = "error_code"
+    failed_at: SqlName = "failed_at"
+    record_id: SqlName = "record_id"
+    record_name: SqlName = "record_name"
+    error_message: SqlName = "error_message"
+
+
+class SingleTable(_Table):
+    """One table for the whole lifecycle of a change, told apart by a status column."""
+
+    table: SqlName
+    id: SqlName = "id"
+    status: SqlName = "status"
+    object_type: SqlName = "object_type"
+    operation: SqlName = "operation"
+    direction: SqlName = "direction"
+    record_id: SqlName = "record_id"
+    record_name: SqlName = "record_name"
+    enqueued_at: SqlName = "enqueued_at"
+    synced_at: SqlName = "synced_at"
+    failed_at: SqlName = "failed_at"
+    error_code: SqlName = "error_code"
+    error_message: SqlName = "error_message"
+
+
+def _values_list(value: object) -> object:
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+StoreValues = Annotated[tuple[str, ...], BeforeValidator(_values_list), Field(min_length=1)]
+
+
+class StatusValues(_Frozen):
+    """The values of the status column that mean pending, synced and failed."""
+
+    pending: StoreValues = ("pending",)
+    synced: StoreValues = ("synced",)
+    failed: StoreValues = ("failed",)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> Self:
+        seen: dict[str, str] = {}
+        for name, values in self:
+            for value in values:
+                if value in seen:
+                    raise ValueError(
+                        f"status value {value!r} is listed under both {seen[value]} and {name}"
+                    )
+                seen[value] = name
+        return self
+
+
+class StoreMapping(_Frozen):
+    """How a real store maps onto the reference store."""
+
+    queue: QueueTable = QueueTable()
+    history: HistoryTable = HistoryTable()
+    errors: ErrorTable = ErrorTable()
+    single_table: SingleTable | None = None
+    status_values: StatusValues = StatusValues()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_layout(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("single_table") is not None:
+            mixed = sorted(key for key in ("queue", "history", "errors") if key in data)
+            if mixed:
+                raise ValueError(
+                    f"single_table cannot be combined with {', '.join(mixed)}: "
+                    "a store has either three tables or one"
+                )
+        return data
+
+
+def _label_mapping(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {key: _values_list(values) for key, values in value.items()}
+    return value
+
+
+LabelMapping = Annotated[dict[str, StoreValues], BeforeValidator(_label_mapping)]
+
+
+def _check_label_values(mapping: dict[str, tuple[str, ...]], what: str) -> None:
+    if not mapping:
+        raise ValueError(f"at least one {what} is needed")
+    owner: dict[str, str] = {}
+    for label, values in mapping.items():
+        if not _LABEL_VALUE.fullmatch(label) or label == "other":
+            raise ValueError(
+                f"{label!r} is not a usable label value (lower-case letters, digits, _.:-; "
+                "'other' is reserved)"
+            )
+        for value in values:
+            key = value.lower()
+            if key in owner and owner[key] != label:
+                raise ValueError(f"store value {value!r} maps to both {owner[key]} and {label}")
+            owner[key] = label
+
+
+class StoreConfig(_Frozen):
+    """One sync store to read."""
+
+    name: str
+    url: str
+    password_env: str | None = None
+    password_file: Path | None = None
+    interval: Seconds = 15.0
+    query_timeout: Seconds = 10.0
+    # How long a writer's transaction may stay open: rows that commit later than this
+    # after a newer row was seen may be missed; smaller values re-check less.
+    settle_time: Seconds = 300.0
+    objects: tuple[str, ...] = ("lead", "contact", "account", "opportunity")
+    operations: LabelMapping = {"insert": ("insert",), "update": ("update",)}
+    directions: LabelMapping = {"to_crm": ("to_crm",), "from_crm": ("from_crm",)}
+    max_objects: int = Field(default=100, ge=1, le=10_000)
+    max_error_codes: int = Field(default=50, ge=1, le=10_000)
+    mapping: StoreMapping = StoreMapping()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _STORE_NAME.fullmatch(value):
+            raise ValueError("use 1-64 letters, digits or _.:-")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except ArgumentError:
+            # The URL itself is not echoed: it may carry a password.
+            raise ValueError(
+                "not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host:5432/db)"
+            ) from None
+        return value
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        lowered = tuple(item.lower() for item in value)
+        for item in lowered:
+            if not _LABEL_VALUE.fullmatch(item) or item == "other":
+                raise ValueError(f"{item!r} is not a usable object name")
+        if len(set(lowered)) != len(lowered):
+            raise ValueError("objects are listed twice")
+        return lowered
+
+    @field_validator("operations")
+    @classmethod
+    def _operations(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        _check_label_values(value, "operation")
+        return value
+
+    @field_validator("directions")
+    @classmethod
+    def _directions(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        _check_label_values(value, "direction")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        if len(self.objects) > self.max_objects:
+            raise ValueError(
+                f"{len(self.objects)} objects are listed but max_objects is {self.max_objects}"
+            )
+        return self
+
+    def database_url(self) -> URL:
+        """The URL with its password filled in from the environment or a file."""
+        url = make_url(self.url)
+        if self.password_env is not None:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise ConfigError(
+                    f"store {self.name!r}", [f"environment variable {self.password_env} is not set"]
+                )
+            return url.set(password=password)
+        if self.password_file is not None:
+            try:
+                password = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as error:
+                raise ConfigError(
+                    f"store {self.name!r}",
+                    [f"password_file {self.password_file}: {error.strerror}"],
+                ) from None
+            return url.set(password=password)
+        return url
+
+    def display_url(self) -> str:
+        """The URL for logs and messages, never with its password."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+
+class Config(_Frozen):
+    """The whole configuration file."""
+
+    stores: tuple[StoreConfig, ...]
+
+    @field_validator("stores")
+    @classmethod
+    def _unique_names(cls, value: tuple[StoreConfig, ...]) -> tuple[StoreConfig, ...]:
+        if not value:
+            raise ValueError("list at least one store")
+        names = [store.name for store in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"store name {name!r} is used twice")
+        return value
+
+
+def _key_path(location: Sequence[int | str]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(("function-", "tuple[", "dict[", "list[")):
+            continue  # pydantic's internal validator steps, not keys a user wrote
+        else:
+            path += f".{part}" if path else part
+    return path or "(top level)"
+
+
+def validation_problem(error: Mapping[str, Any]) -> str:
+    location = list(error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{_key_path(location)}: unknown key"
+    if error["type"] == "missing":
+        return f"{_key_path(location)}: required key is missing"
+    return f"{_key_path(location)}: {message}"
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate YAML text; raise ConfigError naming every problem with its key path."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError(source, [f"YAML syntax{where}: {reason}"]) from None
+    if not isinstance(document, dict):
+        raise ConfigError(source, ["(top level): expected a mapping with a 'stores' list"])
+    try:
+        return Config.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError(source, [validation_problem(e) for e in error.errors()]) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
+    return parse_config(text, str(path))
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ErrorTable",
+    "HistoryTable",
+    "QueueTable",
+    "SingleTable",
+    "StatusValues",
+    "StoreConfig",
+    "StoreMapping",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,121 @@
+"""What differs between databases: clock arithmetic, timeouts and read-only sessions."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from sqlalchemy import Float, event, func, literal_column
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+
+def epoch_seconds(dialect: str, timestamp: ColumnElement[Any]) -> ColumnElement[float]:
+    """Seconds since 1970 of a timestamp column, naive columns read as UTC."""
+    if dialect == "postgresql":
+        # For "timestamp without time zone" EXTRACT reads the value as UTC, for
+        # "timestamptz" it gives the true epoch: both are what the contract means.
+        return func.extract("epoch", timestamp).cast(Float)
+    if dialect in ("mysql", "mariadb"):
+        # The session runs with time_zone '+00:00' (see configure_engine), so
+        # UNIX_TIMESTAMP reads DATETIME columns as UTC too.
+        return func.unix_timestamp(timestamp).cast(Float)
+    if dialect == "sqlite":
+        return ((func.julianday(timestamp) - 2440587.5) * 86400.0).cast(Float)
+    raise UnsupportedDatabaseError(dialect)
+
+
+def now_epoch_seconds(dialect: str) -> ColumnElement[float]:
+    """The database's own clock, in seconds since 1970."""
+    if dialect == "postgresql":
+        # clock_timestamp(), not now(): the collection may run inside one transaction.
+        return func.extract("epoch", func.clock_timestamp()).cast(Float)
+    if dialect in ("mysql", "mariadb"):
+        return func.unix_timestamp(literal_column("CURRENT_TIMESTAMP(6)")).cast(Float)
+    if dialect == "sqlite":
+        return ((func.julianday("now") - 2440587.5) * 86400.0).cast(Float)
+    raise UnsupportedDatabaseError(dialect)
+
+
+class UnsupportedDatabaseError(Exception):
+    """The store's database is none of SQLite, PostgreSQL, MySQL or MariaDB."""
+
+    def __init__(self, dialect: str) -> None:
+        super().__init__(
+            f"database {dialect!r} is not supported (use PostgreSQL, MySQL, MariaDB or SQLite)"
+        )
+
+
+def configure_engine(engine: Engine, query_timeout: float) -> None:
+    """Make every connection of ``engine`` read-only, UTC, and bounded by ``query_timeout``."""
+    name = engine.dialect.name
+    milliseconds = max(1, int(query_timeout * 1000))
+
+    if name == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _postgresql(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET statement_timeout = {milliseconds}")
+                cursor.execute(f"SET lock_timeout = {milliseconds}")
+                cursor.execute("SET TIME ZONE 'UTC'")
+                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                cursor.execute("SET application_name = 'crmsync-exporter'")
+            dbapi_connection.commit()
+
+    elif name in ("mysql", "mariadb"):
+        is_mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
+
+        @event.listens_for(engine, "connect")
+        def _mysql(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET time_zone = '+00:00'")
+                if is_mariadb:
+                    cursor.execute(f"SET SESSION max_statement_time = {milliseconds / 1000:.3f}")
+                else:
+                    cursor.execute(f"SET SESSION max_execution_time = {milliseconds}")
+                cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, milliseconds // 1000)}")
+                cursor.execute("SET SESSION TRANSACTION READ ONLY")
+            dbapi_connection.commit()
+
+    elif name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+            dbapi_connection.execute("PRAGMA query_only = ON")
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {milliseconds}")
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _deadline(conn: Any, _cursor: Any, *_args: Any) -> None:
+            # SQLite runs inside this process: a progress handler is its statement timeout.
+            deadline = time.monotonic() + query_timeout
+            raw = conn.connection.driver_connection
+            raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+
+    else:
+        raise UnsupportedDatabaseError(name)
+
+
+def connect_arguments(url_drivername: str, query_timeout: float) -> dict[str, Any]:
+    """Client-side timeouts, so that a stalled network cannot hang a collection."""
+    seconds = max(1, int(query_timeout + 0.999))
+    if url_drivername.startswith("postgresql"):
+        return {
+            "connect_timeout": seconds,
+            # Kernel-level bounds on a silent peer: keepalives and unacknowledged data.
+            "keepalives": 1,
+            "keepalives_idle": seconds,
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(query_timeout * 2000) + 1000,
+        }
+    if url_drivername.startswith(("mysql", "mariadb")):
+        return {
+            "connect_timeout": seconds,
+            "read_timeout": seconds * 2 + 1,
+            "write_timeout": seconds * 2 + 1,
+        }
+    if url_drivername.startswith("sqlite"):
+        return {"timeout": query_timeout, "check_same_thread": False}
+    return {}

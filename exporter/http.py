@@ -1,0 +1,154 @@
+"""The HTTP endpoint: /metrics for Prometheus, a landing page, and nothing else."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hashlib
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import bcrypt
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from exporter.web_config import WebConfig
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BODY = 1024
+_LANDING = """<!doctype html>
+<html><head><title>crmsync-exporter</title></head>
+<body><h1>crmsync-exporter</h1>
+<p>Prometheus metrics of CRM sync stores: backlog, oldest pending change, throughput, errors.</p>
+<p><a href="{path}">{path}</a></p></body></html>
+"""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExporterHTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stops sending mid-request does not hold a thread for long
+    server_version = "crmsync-exporter"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _refuse_method(self) -> None:
+        self._reply(405, b"Method Not Allowed\n", extra={"Allow": "GET, HEAD"})
+
+    # Names fixed by BaseHTTPRequestHandler.
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse_method  # noqa: N815
+    do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method  # noqa: N815
+
+    def _serve(self, head: bool) -> None:
+        length = self.headers.get("Content-Length", "0")
+        if not length.isdigit() or int(length) > MAX_REQUEST_BODY:
+            self._reply(413, b"Request body too large\n")
+            self.close_connection = True
+            return
+        if int(length):
+            self.rfile.read(int(length))
+        if not self.server.authorized(self.headers.get("Authorization")):
+            self._reply(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="crmsync"'})
+            return
+        path = self.path.split("?", 1)[0]
+        if path == self.server.telemetry_path:
+            self._metrics(head)
+        elif path == "/":
+            body = _LANDING.format(path=self.server.telemetry_path).encode()
+            self._reply(200, body, "text/html; charset=utf-8", head=head)
+        elif path in ("/-/healthy", "/-/ready"):
+            self._reply(200, b"OK\n", head=head)
+        else:
+            self._reply(404, b"Not Found\n", head=head)
+
+    def _metrics(self, head: bool) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        body = encoder(self.server.registry)
+        extra = {}
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=1)
+            extra["Content-Encoding"] = "gzip"
+        self._reply(200, body, content_type, head=head, extra=extra)
+
+    def _reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        head: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in {**self.server.headers, **(extra or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format % args, extra={"client": self.address_string()})
+
+
+class ExporterHTTPServer(ThreadingHTTPServer):
+    """Serves one registry; checks basic auth against bcrypt hashes, caching what passed."""
+
+    daemon_threads = True
+    request_queue_size: ClassVar[int] = 128  # type: ignore[misc]
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        telemetry_path: str,
+        web_config: WebConfig,
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.registry = registry
+        self.telemetry_path = telemetry_path
+        self.headers = dict(web_config.http_server_config.headers)
+        self._users = {
+            user: hashed.encode() for user, hashed in web_config.basic_auth_users.items()
+        }
+        # bcrypt is slow on purpose; remember digests of credentials that were accepted.
+        self._accepted: set[bytes] = set()
+        self._lock = threading.Lock()
+        context = web_config.ssl_context()
+        if context is not None:
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+
+    def authorized(self, header: str | None) -> bool:
+        if not self._users:
+            return True
+        if header is None or not header.startswith("Basic "):
+            return False
+        try:
+            decoded = base64.b64decode(header[6:], validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        user, sep, password = decoded.partition(b":")
+        hashed = self._users.get(user.decode("utf-8", "replace"))
+        if not sep or hashed is None:
+            return False
+        digest = hashlib.sha256(hashed + b"\0" + decoded).digest()
+        with self._lock:
+            if digest in self._accepted:
+                return True
+        try:
+            ok = bcrypt.checkpw(password, hashed)
+        except ValueError:
+            return False
+        if ok:
+            with self._lock:
+                self._accepted.add(digest)
+        return ok

@@ -1,0 +1,120 @@
+"""Turning a store's raw values into bounded label values (mapping, lower-casing, caps)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from exporter.config import StoreConfig
+
+OTHER = "other"
+UNKNOWN = "unknown"
+# Remember at most this many distinct folded values, only to count them for a self-metric.
+_FOLDED_MEMORY = 100_000
+
+Series = tuple[str, str, str]
+"""(object, operation, direction) label values."""
+
+
+class CappedLabel:
+    """Keeps the first ``cap`` distinct values; later ones fold into ``other``.
+
+    Assignments never change during the process's life, so a counter never moves
+    from one series to another.
+    """
+
+    def __init__(self, cap: int, preset: Iterable[str] = (), lower: bool = True) -> None:
+        self._cap = cap
+        self._lower = lower
+        self._kept: set[str] = set(preset)
+        self._folded: set[str] = set()
+
+    def __call__(self, raw: object) -> str:
+        value = _text(raw, self._lower)
+        if value in self._kept:
+            return value
+        if len(self._kept) < self._cap:
+            self._kept.add(value)
+            return value
+        if len(self._folded) < _FOLDED_MEMORY:
+            self._folded.add(value)
+        return OTHER
+
+    def reserve(self, values: Iterable[str]) -> None:
+        """Claim places for ``values`` in this order before anything else is seen."""
+        for value in values:
+            self(value)
+
+    @property
+    def folded(self) -> int:
+        """How many distinct values were folded into ``other``."""
+        return len(self._folded)
+
+
+class MappedLabel:
+    """Maps store values onto configured label values; anything unmapped is ``other``."""
+
+    def __init__(self, mapping: Mapping[str, Iterable[str]]) -> None:
+        self.values = tuple(mapping)
+        self._lookup = {raw.lower(): label for label, raws in mapping.items() for raw in raws}
+        self._unmapped: set[str] = set()
+
+    def __call__(self, raw: object) -> str:
+        value = _text(raw, lower=True)
+        label = self._lookup.get(value)
+        if label is not None:
+            return label
+        if len(self._unmapped) < _FOLDED_MEMORY:
+            self._unmapped.add(value)
+        return OTHER
+
+    @property
+    def folded(self) -> int:
+        """How many distinct store values matched no configured label."""
+        return len(self._unmapped)
+
+
+class StoreLabels:
+    """Every label decision for one store."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.objects = CappedLabel(config.max_objects, preset=config.objects)
+        self.operations = MappedLabel(config.operations)
+        self.directions = MappedLabel(config.directions)
+        self.error_codes = CappedLabel(config.max_error_codes, lower=False)
+        self.configured_objects = config.objects
+
+    def series(self, raw_object: object, raw_operation: object, raw_direction: object) -> Series:
+        return (
+            self.objects(raw_object),
+            self.operations(raw_operation),
+            self.directions(raw_direction),
+        )
+
+    def zero_filled(self) -> list[Series]:
+        """Every configured object x operation x direction: the series always present."""
+        return [
+            (obj, operation, direction)
+            for obj in self.configured_objects
+            for operation in self.operations.values
+            for direction in self.directions.values
+        ]
+
+    def folded_counts(self) -> dict[str, int]:
+        return {
+            "object": self.objects.folded,
+            "operation": self.operations.folded,
+            "direction": self.directions.folded,
+            "error_code": self.error_codes.folded,
+        }
+
+
+def _text(raw: object, lower: bool) -> str:
+    if raw is None:
+        return UNKNOWN
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    text = text.strip()
+    if not text:
+        return UNKNOWN
+    # Label values are for grouping, not for carrying data: bound their length.
+    text = text[:64]
+    return text.lower() if lower else text

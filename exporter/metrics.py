@@ -1,0 +1,160 @@
+"""The contract's metric families, built fresh on every scrape from the stores' last states."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.runner import StoreState
+from exporter.tally import LATENCY_BUCKETS
+
+SERIES = ["store", "object", "operation", "direction"]
+_BUCKET_BOUNDS = [f"{bound:g}" for bound in LATENCY_BUCKETS] + ["+Inf"]
+
+
+class SyncStoreCollector(Collector):
+    """Publishes every store's metrics; never queries a database itself."""
+
+    def __init__(
+        self,
+        states: Callable[[], Sequence[StoreState]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._states = states
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        states = self._states()
+        yield from self._store_metrics(states, now)
+        yield from self._self_metrics(states, now)
+
+    def _store_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
+        pending = GaugeMetricFamily(
+            "crmsync_pending_records", "Changes waiting in the sync queue.", labels=SERIES
+        )
+        age = GaugeMetricFamily(
+            "crmsync_oldest_pending_age_seconds",
+            "Age of the oldest waiting change by the database's clock; 0 when none waits.",
+            labels=SERIES,
+        )
+        oldest = GaugeMetricFamily(
+            "crmsync_oldest_pending_timestamp_seconds",
+            "Enqueue time of the oldest waiting change (Unix seconds); absent when none waits.",
+            labels=SERIES,
+        )
+        last_hour = GaugeMetricFamily(
+            "crmsync_records_synced_last_hour",
+            "Changes synced in the previous full clock hour.",
+            labels=["store", "object", "direction"],
+        )
+        synced = CounterMetricFamily(
+            "crmsync_records_synced",
+            "Changes synced; equals the store's count of history rows.",
+            labels=SERIES,
+        )
+        errors = CounterMetricFamily(
+            "crmsync_sync_errors",
+            "Failed sync attempts; equals the store's count of error rows.",
+            labels=[*SERIES, "error_code"],
+        )
+        latency = HistogramMetricFamily(
+            "crmsync_sync_latency_seconds",
+            "Time from enqueue to sync of each synced change.",
+            labels=SERIES,
+        )
+        for state in states:
+            store = state.store
+            gauges = state.gauges
+            if gauges is not None and state.up(now):
+                # Ages move on between collections, on the database's clock.
+                db_now = gauges.db_now + (now - state.gauges_taken)
+                for series, backlog in gauges.backlog.items():
+                    labels = [store, *series]
+                    pending.add_metric(labels, backlog.pending)
+                    if backlog.oldest is None:
+                        age.add_metric(labels, 0.0)
+                    else:
+                        age.add_metric(labels, max(0.0, db_now - backlog.oldest))
+                        oldest.add_metric(labels, backlog.oldest)
+                for (obj, direction), count in gauges.synced_last_hour.items():
+                    last_hour.add_metric([store, obj, direction], count)
+            totals = state.totals
+            for series, count in totals.synced.items():
+                synced.add_metric([store, *series], count)
+            for error_series, count in totals.errors.items():
+                errors.add_metric([store, *error_series], count)
+            for series, histogram in totals.latency.items():
+                latency.add_metric(
+                    [store, *series],
+                    buckets=list(zip(_BUCKET_BOUNDS, histogram.cumulative, strict=True)),
+                    sum_value=histogram.sum,
+                )
+        yield from (pending, age, oldest, last_hour, synced, errors, latency)
+
+    def _self_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "crmsync_up", "1 when the last collection from the store succeeded.", labels=["store"]
+        )
+        duration = GaugeMetricFamily(
+            "crmsync_collection_duration_seconds",
+            "How long the last successful collection took.",
+            labels=["store"],
+        )
+        query_duration = GaugeMetricFamily(
+            "crmsync_query_duration_seconds",
+            "Time spent in each step of the last successful collection.",
+            labels=["store", "query"],
+        )
+        last_success = GaugeMetricFamily(
+            "crmsync_last_successful_collection_timestamp_seconds",
+            "Unix time of the last successful collection.",
+            labels=["store"],
+        )
+        collections = CounterMetricFamily(
+            "crmsync_collections", "Collection cycles run.", labels=["store"]
+        )
+        failures = CounterMetricFamily(
+            "crmsync_collection_failures", "Collection cycles that failed.", labels=["store"]
+        )
+        folded = GaugeMetricFamily(
+            "crmsync_folded_label_values",
+            "Distinct store values reported as 'other' (over a cap, or not in the mapping).",
+            labels=["store", "label"],
+        )
+        gaps = GaugeMetricFamily(
+            "crmsync_open_id_gaps",
+            "Id ranges skipped by concurrent writers and still watched for late commits.",
+            labels=["store"],
+        )
+        for state in states:
+            store = state.store
+            up.add_metric([store], 1.0 if state.up(now) else 0.0)
+            if state.last_duration is not None:
+                duration.add_metric([store], state.last_duration)
+            for query, seconds in state.query_seconds.items():
+                query_duration.add_metric([store, query], seconds)
+            if state.last_success is not None:
+                last_success.add_metric([store], state.last_success)
+            collections.add_metric([store], state.collections)
+            failures.add_metric([store], state.failures)
+            for label, count in state.folded.items():
+                folded.add_metric([store, label], count)
+            gaps.add_metric([store], state.totals.open_gaps)
+        build = InfoMetricFamily(
+            "crmsync_build", "Version of crmsync-exporter and of Python running it."
+        )
+        build.add_metric([], {"version": __version__, "python": platform.python_version()})
+        yield from (up, duration, query_duration, last_success, collections, failures, folded)
+        yield from (gaps, build)

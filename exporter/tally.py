@@ -1,0 +1,111 @@
+"""Running totals behind the counters and the latency histogram of one store."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
+
+# From seconds to a day: a healthy sync takes seconds, a stuck one hours.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    43200.0,
+    86400.0,
+)
+
+
+@dataclass(frozen=True)
+class HistogramValue:
+    """A histogram series as exposed: cumulative bucket counts (the last is +Inf) and sum."""
+
+    cumulative: tuple[int, ...]
+    sum: float
+
+    @property
+    def count(self) -> int:
+        return self.cumulative[-1]
+
+    @classmethod
+    def empty(cls, bounds: int) -> HistogramValue:
+        return cls((0,) * (bounds + 1), 0.0)
+
+
+class Histogram(Generic[Key]):
+    """Observations per series, stored per bucket (not cumulative) so merging is addition."""
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self._buckets: defaultdict[Key, list[int]] = defaultdict(
+            lambda: [0] * (len(self.bounds) + 1)
+        )
+        self._sums: defaultdict[Key, float] = defaultdict(float)
+
+    def observe(self, key: Key, seconds: float) -> None:
+        seconds = max(seconds, 0.0)  # a skewed clock must not make a negative latency
+        self._buckets[key][bisect_left(self.bounds, seconds)] += 1
+        self._sums[key] += seconds
+
+    def add_cumulative(
+        self, key: Key, cumulative: Sequence[int], total: int, seconds: float
+    ) -> None:
+        """Add pre-aggregated observations: ``cumulative[i]`` of them are <= ``bounds[i]``."""
+        buckets = self._buckets[key]
+        previous = 0
+        for index, at_most in enumerate(cumulative):
+            buckets[index] += at_most - previous
+            previous = at_most
+        buckets[-1] += total - previous
+        self._sums[key] += max(seconds, 0.0)
+
+    def touch(self, key: Key) -> None:
+        """Make ``key`` present with no observations (zero-filled series)."""
+        _ = self._buckets[key]
+
+    def values(self) -> dict[Key, HistogramValue]:
+        result: dict[Key, HistogramValue] = {}
+        for key, buckets in self._buckets.items():
+            running = 0
+            cumulative = []
+            for count in buckets:
+                running += count
+                cumulative.append(running)
+            result[key] = HistogramValue(tuple(cumulative), self._sums[key])
+        return result
+
+    def clear(self) -> None:
+        self._buckets.clear()
+        self._sums.clear()
+
+
+class Counter(Generic[Key]):
+    """Counts per series."""
+
+    def __init__(self) -> None:
+        self._counts: defaultdict[Key, int] = defaultdict(int)
+
+    def add(self, key: Key, amount: int = 1) -> None:
+        self._counts[key] += amount
+
+    def touch(self, key: Key) -> None:
+        _ = self._counts[key]
+
+    def values(self) -> dict[Key, int]:
+        return dict(self._counts)
+
+    def clear(self) -> None:
+        self._counts.clear()
