@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, create_engine
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from exporter.config import StoreConfig
 from exporter.dialects import configure_engine, connect_arguments
@@ -208,7 +208,7 @@ class StoreCollector:
 
 def make_engine(config: StoreConfig) -> Engine:
     """An engine with one connection, checked before use and bounded by the query timeout."""
-    url = config.database_url()
+    url = read_only_sqlite(config.database_url())
     pool: dict[str, Any] = {}
     if url.get_backend_name() != "sqlite":
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": config.query_timeout}
@@ -221,3 +221,13 @@ def make_engine(config: StoreConfig) -> Engine:
     )
     configure_engine(engine, config.query_timeout)
     return engine
+
+
+def read_only_sqlite(url: URL) -> URL:
+    """Open SQLite files read-only: a missing file is an error, never a new empty store."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return url
+    if database.startswith("file:"):
+        return url
+    return url.set(database=f"file:{database}").update_query_dict({"mode": "ro", "uri": "true"})

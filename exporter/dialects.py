@@ -6,35 +6,44 @@ import sqlite3
 import time
 from typing import Any
 
-from sqlalchemy import Float, event, func, literal_column
+from sqlalchemy import Float, event, func, literal_column, type_coerce
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 
 def epoch_seconds(dialect: str, timestamp: ColumnElement[Any]) -> ColumnElement[float]:
     """Seconds since 1970 of a timestamp column, naive columns read as UTC."""
+    # Coerced, not CAST: CAST(... AS FLOAT) is single precision on MySQL and MariaDB.
+    return type_coerce(_epoch_seconds(dialect, timestamp), Float)
+
+
+def _epoch_seconds(dialect: str, timestamp: ColumnElement[Any]) -> ColumnElement[Any]:
     if dialect == "postgresql":
         # For "timestamp without time zone" EXTRACT reads the value as UTC, for
         # "timestamptz" it gives the true epoch: both are what the contract means.
-        return func.extract("epoch", timestamp).cast(Float)
+        return func.extract("epoch", timestamp)
     if dialect in ("mysql", "mariadb"):
         # The session runs with time_zone '+00:00' (see configure_engine), so
         # UNIX_TIMESTAMP reads DATETIME columns as UTC too.
-        return func.unix_timestamp(timestamp).cast(Float)
+        return func.unix_timestamp(timestamp)
     if dialect == "sqlite":
-        return ((func.julianday(timestamp) - 2440587.5) * 86400.0).cast(Float)
+        return (func.julianday(timestamp) - 2440587.5) * 86400.0
     raise UnsupportedDatabaseError(dialect)
 
 
 def now_epoch_seconds(dialect: str) -> ColumnElement[float]:
     """The database's own clock, in seconds since 1970."""
+    return type_coerce(_now_epoch_seconds(dialect), Float)
+
+
+def _now_epoch_seconds(dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         # clock_timestamp(), not now(): the collection may run inside one transaction.
-        return func.extract("epoch", func.clock_timestamp()).cast(Float)
+        return func.extract("epoch", func.clock_timestamp())
     if dialect in ("mysql", "mariadb"):
-        return func.unix_timestamp(literal_column("CURRENT_TIMESTAMP(6)")).cast(Float)
+        return func.unix_timestamp(literal_column("CURRENT_TIMESTAMP(6)"))
     if dialect == "sqlite":
-        return ((func.julianday("now") - 2440587.5) * 86400.0).cast(Float)
+        return (func.julianday("now") - 2440587.5) * 86400.0
     raise UnsupportedDatabaseError(dialect)
 
 
@@ -65,11 +74,13 @@ def configure_engine(engine: Engine, query_timeout: float) -> None:
             dbapi_connection.commit()
 
     elif name in ("mysql", "mariadb"):
-        is_mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
 
         @event.listens_for(engine, "connect")
         def _mysql(dbapi_connection: Any, _record: Any) -> None:
             with dbapi_connection.cursor() as cursor:
+                # The dialect learns MariaDB from MySQL only after this event: ask the server.
+                cursor.execute("SELECT VERSION()")
+                is_mariadb = "mariadb" in str(cursor.fetchone()[0]).lower()
                 cursor.execute("SET time_zone = '+00:00'")
                 if is_mariadb:
                     cursor.execute(f"SET SESSION max_statement_time = {milliseconds / 1000:.3f}")

@@ -1,0 +1,160 @@
+"""Test helpers: writing rows into a reference store and reading back what the exporter serves."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collection import StoreCollector
+from exporter.config import StoreConfig, parse_config
+from exporter.metrics import SyncStoreCollector
+from exporter.runner import StoreRunner, StoreState
+from exporter.schema import sync_error, sync_history, sync_queue
+
+OBJECTS = ("lead", "contact", "account", "opportunity")
+OPERATIONS = ("insert", "update")
+DIRECTIONS = ("to_crm", "from_crm")
+CODES = ("DUPLICATE_VALUE", "REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "INVALID_EMAIL_ADDRESS")
+
+Labels = frozenset[tuple[str, str]]
+Samples = dict[tuple[str, Labels], float]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def store_config(url: str, name: str = "main", **settings: Any) -> StoreConfig:
+    """A validated store configuration, as the YAML file would give it."""
+    return parse_config_dict({"stores": [{"name": name, "url": url, **settings}]}).stores[0]
+
+
+def parse_config_dict(document: dict[str, Any]) -> Any:
+    import yaml
+
+    return parse_config(yaml.safe_dump(document))
+
+
+def change(rng: random.Random, objects: Sequence[str] = OBJECTS) -> dict[str, Any]:
+    return {
+        "object_type": rng.choice(objects),
+        "record_id": str(rng.randrange(1, 10**9)),
+        "operation": rng.choice(OPERATIONS),
+        "direction": rng.choice(DIRECTIONS),
+    }
+
+
+def add_pending(engine: sa.Engine, rows: int, seed: int = 1, age: float = 600.0) -> None:
+    rng = random.Random(seed)
+    now = utcnow()
+    values = [
+        {**change(rng), "enqueued_at": now - timedelta(seconds=rng.uniform(1, age))}
+        for _ in range(rows)
+    ]
+    if values:
+        with engine.begin() as connection:
+            connection.execute(sync_queue.insert(), values)
+
+
+def add_history(
+    engine: sa.Engine,
+    rows: int,
+    seed: int = 2,
+    hours: float = 2.0,
+    objects: Sequence[str] = OBJECTS,
+) -> None:
+    rng = random.Random(seed)
+    now = utcnow()
+    values = []
+    for _ in range(rows):
+        synced = now - timedelta(seconds=rng.uniform(0, hours * 3600))
+        latency = timedelta(seconds=rng.choice((0.5, 3.0, 40.0, 700.0, 5000.0, 90000.0)))
+        values.append(
+            {**change(rng, objects), "enqueued_at": synced - latency, "synced_at": synced}
+        )
+    if values:
+        with engine.begin() as connection:
+            connection.execute(sync_history.insert(), values)
+
+
+def add_errors(engine: sa.Engine, rows: int, seed: int = 3, codes: Sequence[str] = CODES) -> None:
+    rng = random.Random(seed)
+    now = utcnow()
+    values = [
+        {
+            **change(rng),
+            "record_name": "Jane O'Neil",
+            "error_code": rng.choice(codes),
+            "error_message": "Duplicate value found: Email",
+            "failed_at": now - timedelta(seconds=rng.uniform(0, 7200)),
+        }
+        for _ in range(rows)
+    ]
+    if values:
+        with engine.begin() as connection:
+            connection.execute(sync_error.insert(), values)
+
+
+def exposition(states: Iterable[StoreState]) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    frozen = list(states)
+    registry.register(SyncStoreCollector(lambda: frozen))
+    return generate_latest(registry).decode()
+
+
+def samples(text: str) -> Samples:
+    """Every sample of an exposition, keyed by (sample name, label set)."""
+    result: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            result[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return result
+
+
+def scrape(*runners: StoreRunner) -> Samples:
+    return samples(exposition(runner.state for runner in runners))
+
+
+def collect(runner: StoreRunner) -> Samples:
+    """Run one collection cycle and return what a scrape would then see."""
+    runner.run_once()
+    return scrape(runner)
+
+
+def runner_for(url: str, **settings: Any) -> StoreRunner:
+    return StoreRunner(StoreCollector(store_config(url, **settings)))
+
+
+def by_name(result: Samples, name: str) -> dict[Labels, float]:
+    return {labels: value for (sample, labels), value in result.items() if sample == name}
+
+
+def series_total(result: Samples, name: str) -> dict[tuple[str, ...], float]:
+    """Values of ``name`` keyed by (object, operation, direction[, error_code]), store dropped."""
+    totals: dict[tuple[str, ...], float] = {}
+    for labels, value in by_name(result, name).items():
+        label_map = dict(labels)
+        key = tuple(
+            label_map[k]
+            for k in ("object", "operation", "direction", "error_code")
+            if k in label_map
+        )
+        totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def sql_counts(engine: sa.Engine, query: str) -> dict[tuple[str, ...], float]:
+    """An independent GROUP BY count: the last column is the count, the rest the key."""
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text(query)).all()
+    return {tuple(str(v).lower() for v in row[:-1]): float(row[-1]) for row in rows}
+
+
+def nonzero(values: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
+    return {key: value for key, value in values.items() if value}
