@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collection import StoreCollector
-from exporter.config import StoreConfig, parse_config
+from exporter.config import Config, StoreConfig, parse_config
 from exporter.metrics import SyncStoreCollector
 from exporter.runner import StoreRunner, StoreState
 from exporter.schema import sync_error, sync_history, sync_queue
@@ -35,9 +36,7 @@ def store_config(url: str, name: str = "main", **settings: Any) -> StoreConfig:
     return parse_config_dict({"stores": [{"name": name, "url": url, **settings}]}).stores[0]
 
 
-def parse_config_dict(document: dict[str, Any]) -> Any:
-    import yaml
-
+def parse_config_dict(document: dict[str, Any]) -> Config:
     return parse_config(yaml.safe_dump(document))
 
 
