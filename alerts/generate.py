@@ -151,8 +151,6 @@ class Config:
     latency_target: float
     burn_rates: tuple[BurnRate, ...]
     store_down_for: Duration
-    collection_stale_age: Duration
-    collection_stale_for: Duration
     exporter_down_for: Duration
     exporter_absent_for: Duration
 
@@ -320,9 +318,8 @@ def load_config(path: Path) -> Config:
     slo.done()
 
     sections = {}
-    for name in ("store_down", "collection_stale", "exporter_down", "exporter_absent"):
+    for name in ("store_down", "exporter_down", "exporter_absent"):
         sections[name] = top.child(name)
-    stale_age = sections["collection_stale"].duration("age")
     fors = {name: section.duration("for") for name, section in sections.items()}
     for section in sections.values():
         section.done()
@@ -353,8 +350,6 @@ def load_config(path: Path) -> Config:
         latency_target=target,
         burn_rates=tuple(burn_rates),
         store_down_for=fors["store_down"],
-        collection_stale_age=stale_age,
-        collection_stale_for=fors["collection_stale"],
         exporter_down_for=fors["exporter_down"],
         exporter_absent_for=fors["exporter_absent"],
     )
@@ -732,19 +727,6 @@ class Builder:
                 description=(
                     "The exporter {{ $labels.instance }} cannot read store {{ $labels.store }}: "
                     "its backlog, errors and throughput are unknown while this lasts."
-                ),
-                dashboard_url=status_store,
-            ),
-            self.alert(
-                "CrmSyncCollectionStale",
-                f"time() - {self.sel('crmsync_last_successful_collection_timestamp_seconds')}"
-                f" > {self.secs(c.collection_stale_age)}",
-                c.collection_stale_for,
-                "warning",
-                summary="The exporter has not read a CRM sync store for a while.",
-                description=(
-                    "The exporter {{ $labels.instance }} last read store {{ $labels.store }} "
-                    "successfully {{ $value | humanizeDuration }} ago: its numbers are stale."
                 ),
                 dashboard_url=status_store,
             ),
