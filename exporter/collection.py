@@ -61,10 +61,8 @@ class _HistorySink:
     def add_aggregate(self, row: AnyRow) -> None:
         series = self._labels.series(row[0], row[1], row[2])
         self.synced.add(series, int(row.rows))
-        cumulative = [int(getattr(row, f"le_{i}") or 0) for i in range(len(LATENCY_BUCKETS))]
-        self.latency.add_cumulative(
-            series, cumulative, int(row.observed or 0), float(row.latency_sum or 0.0)
-        )
+        if row.bucket >= 0:
+            self.latency.add_bucket(series, int(row.bucket), int(row.rows), float(row.latency_sum))
 
     def add_row(self, row: AnyRow) -> None:
         series = self._labels.series(row[1], row[2], row[3])

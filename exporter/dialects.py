@@ -19,9 +19,10 @@ def epoch_seconds(dialect: str, timestamp: ColumnElement[Any]) -> ColumnElement[
 
 def _epoch_seconds(dialect: str, timestamp: ColumnElement[Any]) -> ColumnElement[Any]:
     if dialect == "postgresql":
-        # For "timestamp without time zone" EXTRACT reads the value as UTC, for
-        # "timestamptz" it gives the true epoch: both are what the contract means.
-        return func.extract("epoch", timestamp)
+        # For "timestamp without time zone" the epoch reads the value as UTC, for
+        # "timestamptz" it is the true epoch: both are what the contract means.
+        # date_part gives double precision; EXTRACT's numeric is several times slower.
+        return func.date_part("epoch", timestamp)
     if dialect in ("mysql", "mariadb"):
         # The session runs with time_zone '+00:00' (see configure_engine), so
         # UNIX_TIMESTAMP reads DATETIME columns as UTC too.
@@ -39,7 +40,7 @@ def now_epoch_seconds(dialect: str) -> ColumnElement[float]:
 def _now_epoch_seconds(dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         # clock_timestamp(), not now(): the collection may run inside one transaction.
-        return func.extract("epoch", func.clock_timestamp())
+        return func.date_part("epoch", func.clock_timestamp())
     if dialect in ("mysql", "mariadb"):
         return func.unix_timestamp(literal_column("CURRENT_TIMESTAMP(6)"))
     if dialect == "sqlite":

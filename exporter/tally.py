@@ -60,16 +60,9 @@ class Histogram(Generic[Key]):
         self._buckets[key][bisect_left(self.bounds, seconds)] += 1
         self._sums[key] += seconds
 
-    def add_cumulative(
-        self, key: Key, cumulative: Sequence[int], total: int, seconds: float
-    ) -> None:
-        """Add pre-aggregated observations: ``cumulative[i]`` of them are <= ``bounds[i]``."""
-        buckets = self._buckets[key]
-        previous = 0
-        for index, at_most in enumerate(cumulative):
-            buckets[index] += at_most - previous
-            previous = at_most
-        buckets[-1] += total - previous
+    def add_bucket(self, key: Key, index: int, count: int, seconds: float) -> None:
+        """Add ``count`` pre-aggregated observations that fall into bucket ``index``."""
+        self._buckets[key][index] += count
         self._sums[key] += max(seconds, 0.0)
 
     def touch(self, key: Key) -> None:

@@ -100,9 +100,7 @@ def check_against_store(result: Any, engine: sa.Engine) -> None:
     assert nonzero(series_total(result, "crmsync_pending_records")) == counts(
         engine, "'queued', 'retry'"
     )
-    assert nonzero(series_total(result, "crmsync_records_synced_total")) == counts(
-        engine, "'done'"
-    )
+    assert nonzero(series_total(result, "crmsync_records_synced_total")) == counts(engine, "'done'")
     errors = {
         tuple(part.lower() for part in key): value
         for key, value in nonzero(series_total(result, "crmsync_sync_errors_total")).items()
