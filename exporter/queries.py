@@ -147,12 +147,19 @@ class StoreQueries:
             select(
                 *self.queue_labels,
                 func.count().label("pending"),
-                epoch_seconds(self.dialect, func.min(self.queue_enqueued_at)).label("oldest"),
+                self._oldest_enqueued().label("oldest"),
             )
             .select_from(self.queue_source)
             .group_by(*self.queue_labels)
         )
         return statement.where(self.queue_where) if self.queue_where is not None else statement
+
+    def _oldest_enqueued(self) -> ColumnElement[float]:
+        if self.dialect == "sqlite":
+            # SQLite keeps timestamps as text, possibly with differing UTC offsets:
+            # the smallest string is not always the earliest instant.
+            return func.min(epoch_seconds(self.dialect, self.queue_enqueued_at))
+        return epoch_seconds(self.dialect, func.min(self.queue_enqueued_at))
 
     def synced_between(self, start: datetime, end: datetime) -> Select[Any]:
         """Synced changes per raw object and direction with start <= synced_at < end."""
