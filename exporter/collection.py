@@ -176,7 +176,8 @@ class StoreCollector:
         except Exception as error:
             raise CollectionError(step) from error
         self.query_seconds = timings
-        return Gauges(db_now=db_now, backlog=backlog, synced_last_hour=dict(last_hour))
+        zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
+        return Gauges(db_now=db_now, backlog=backlog, synced_last_hour={**zero_hour, **last_hour})
 
     def totals(self) -> Totals:
         """A copy of the counters, safe to hand to another thread."""

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from exporter.schema import create_reference_schema, sync_history, sync_queue
 from exporter.tally import LATENCY_BUCKETS
 from tests.helpers import (
+    DIRECTIONS,
+    OBJECTS,
     add_errors,
     add_history,
     add_pending,
@@ -267,7 +269,8 @@ def test_last_full_hour(store_url: str, engine: sa.Engine) -> None:
         rows = connection.execute(
             query, {"start": hour_end - timedelta(hours=1), "end": hour_end}
         ).all()
-    expected = {(obj, direction): float(count) for obj, direction, count in rows}
+    expected = {(obj, direction): 0.0 for obj in OBJECTS for direction in DIRECTIONS}
+    expected.update({(obj, direction): float(count) for obj, direction, count in rows})
     served = {
         (dict(labels)["object"], dict(labels)["direction"]): value
         for labels, value in by_name(result, "crmsync_records_synced_last_hour").items()
