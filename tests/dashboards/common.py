@@ -1,0 +1,49 @@
+"""Shared helpers of the dashboard tests: the generated dashboards and their queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from exporter.config import StoreConfig, parse_config
+from exporter.dashboards import Json, Options, SqlDialect, build_dashboards
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = ROOT / "dashboards"
+REFERENCE_CONFIG = ROOT / "deploy" / "exporter" / "crmsync-exporter.yml"
+
+
+def reference_store(url: str = "postgresql+psycopg://exporter@db:5432/sync") -> StoreConfig:
+    return parse_config(f"stores:\n  - name: main\n    url: '{url}'\n").stores[0]
+
+
+def dashboards(
+    store: StoreConfig | None = None, dialect: SqlDialect = "postgresql"
+) -> dict[str, Json]:
+    return {
+        dashboard["uid"]: dashboard
+        for dashboard in build_dashboards(
+            store or reference_store(), Options(dialect=dialect)
+        ).values()
+    }
+
+
+def panels(dashboard: Json) -> Iterator[Json]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def panel(dashboard: Json, title: str) -> Json:
+    for candidate in panels(dashboard):
+        if candidate["title"] == title:
+            return candidate
+    raise KeyError(title)
+
+
+def sql_of(dashboard: Json, title: str) -> str:
+    (target,) = panel(dashboard, title)["targets"]
+    text: Any = target["rawSql"]
+    assert isinstance(text, str)
+    return text
