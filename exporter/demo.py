@@ -140,8 +140,9 @@ def prepare_store(path: Path, args: argparse.Namespace) -> tuple[Engine, str]:
     )
 
 
-def write_config(path: Path, db: Path) -> Path:
-    config = path.with_name(path.stem + ".yml")
+def write_config(db: Path) -> Path:
+    """The exporter's configuration for the demo store, written next to it."""
+    config = db.with_name(db.stem + ".yml")
     document = {
         "stores": [
             {
@@ -234,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crmsync-demo: interrupted", file=sys.stderr)
         return 130
-    config = write_config(db, db)
+    config = write_config(db)
 
     stop = threading.Event()
     simulator = Simulator(engine, args.scenario, rate=args.rate, speed=args.speed)
