@@ -809,6 +809,12 @@ def render(groups: Sequence[Mapping[str, Any]], what: str, scale: int) -> str:
 
 def generate(config: Config, scale: int = 1) -> dict[str, str]:
     builder = Builder(config, scale)
+    scaled_threshold = builder.d(config.latency_threshold)
+    if scaled_threshold.ms % 1000 or scaled_threshold.ms // 1000 not in LATENCY_BUCKETS_SECONDS:
+        raise ConfigError(
+            f"latency_slo.threshold: {config.latency_threshold} / {scale} = {scaled_threshold} "
+            "is no histogram bucket: choose another scale"
+        )
     return {
         RECORDING_FILE: render(builder.recording_groups(), "Recording rules", scale),
         ALERTING_FILE: render(builder.alerting_groups(), "Alerting rules", scale),
