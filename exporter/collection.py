@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import URL, Engine
 
 from exporter.config import StoreConfig
-from exporter.dialects import configure_engine, connect_arguments
+from exporter.dialects import configure_engine, connect_arguments, interrupt_connection
 from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.queries import StoreQueries, build_queries
@@ -40,6 +42,8 @@ class Gauges:
     db_now: float
     backlog: dict[Series, Backlog]
     synced_last_hour: dict[HourSeries, int]
+    future_rows: dict[str, int] = field(default_factory=dict)
+    """Rows stamped later than ``db_now`` per table role (queue, history, errors)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,69 @@ class CollectionError(Exception):
         self.step = step
 
 
+class DatabaseSilentError(Exception):
+    """The database sent nothing for longer than any statement may take: the network stalled."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer from the database for {seconds:g}s; connection closed")
+
+
+class Watchdog:
+    """Calls ``abort`` when an armed cycle makes no progress for ``silence`` seconds.
+
+    The server ends slow statements itself; this bounds what it cannot: a network that
+    goes silent mid-statement, where a driver without a read timeout waits forever.
+    One thread per store, whatever the number of cycles.
+    """
+
+    def __init__(self, silence: float, abort: Callable[[], None], name: str) -> None:
+        self.silence = silence
+        self.fired = False
+        self._abort = abort
+        self._name = name
+        self._deadline: float | None = None
+        self._closed = False
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self) -> None:
+        with self._wake:
+            self.fired = False
+            self._deadline = time.monotonic() + self.silence
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name=self._name, daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def progress(self) -> None:
+        with self._wake:
+            if self._deadline is not None:
+                self._deadline = time.monotonic() + self.silence
+
+    def disarm(self) -> None:
+        with self._wake:
+            self._deadline = None
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _watch(self) -> None:
+        with self._wake:
+            while not self._closed:
+                if self._deadline is None:
+                    self._wake.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._wake.wait(remaining)
+                    continue
+                self._deadline = None
+                self.fired = True
+                self._abort()
+
+
 class LastHourCache:
     """The previous full clock hour changes only while late commits can still land in it."""
 
@@ -150,9 +217,45 @@ class StoreCollector:
             ]
         self._last_hour = LastHourCache(config.settle_time)
         self.query_seconds: dict[str, float] = {}
+        # Long enough for any statement the server lets run (query_timeout) and its result.
+        self._watchdog = Watchdog(
+            2 * config.query_timeout + 2.0, self._interrupt, f"watchdog-{config.name}"
+        )
+        self._connections: list[Any] = []
+        event.listen(self.engine, "connect", self._connected)
+        event.listen(self.engine, "close", self._closed)
+        event.listen(self.engine, "close_detached", self._closed)
+        event.listen(self.engine, "checkout", lambda *_: self._watchdog.progress())
+        event.listen(self.engine, "after_cursor_execute", lambda *_: self._watchdog.progress())
+
+    def _connected(self, dbapi_connection: Any, *_: Any) -> None:
+        self._connections.append(dbapi_connection)
+        self._watchdog.progress()
+
+    def _closed(self, dbapi_connection: Any, *_: Any) -> None:
+        self._connections = [c for c in self._connections if c is not dbapi_connection]
+
+    def _interrupt(self) -> None:
+        log.warning(
+            "no answer from the database; closing the connection",
+            extra={"store": self.config.name, "seconds": self._watchdog.silence},
+        )
+        for dbapi_connection in list(self._connections):
+            interrupt_connection(dbapi_connection)
 
     def collect(self) -> Gauges:
         """Run every query once; raise CollectionError naming the step that failed."""
+        self._watchdog.arm()
+        try:
+            return self._collect()
+        except CollectionError as error:
+            if self._watchdog.fired:
+                raise error from DatabaseSilentError(self._watchdog.silence)
+            raise
+        finally:
+            self._watchdog.disarm()
+
+    def _collect(self) -> Gauges:
         timings: dict[str, float] = {}
         step = f"connecting to {self.config.display_url()}"
         try:
@@ -161,8 +264,17 @@ class StoreCollector:
                 started = time.perf_counter()
                 db_now = float(connection.execute(self.queries.now()).scalar_one())
                 step = f"reading the backlog from {self.queries.queue_source.fullname}"
-                backlog = self._backlog(connection)
+                backlog, future_pending = self._backlog(connection, db_now)
                 timings["backlog"] = time.perf_counter() - started
+                step = "counting history and error rows stamped in the future"
+                started = time.perf_counter()
+                future = connection.execute(self.queries.future_rows(db_now)).one()
+                future_rows = {
+                    "queue": future_pending,
+                    "history": int(future.history),
+                    "errors": int(future.errors),
+                }
+                timings["future_rows"] = time.perf_counter() - started
                 for name, feed in zip(("history", "errors"), self._feeds, strict=True):
                     source = getattr(self.queries, name).source.fullname
                     step = f"reading new {name} rows from {source}"
@@ -177,7 +289,12 @@ class StoreCollector:
             raise CollectionError(step) from error
         self.query_seconds = timings
         zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
-        return Gauges(db_now=db_now, backlog=backlog, synced_last_hour={**zero_hour, **last_hour})
+        return Gauges(
+            db_now=db_now,
+            backlog=backlog,
+            synced_last_hour={**zero_hour, **last_hour},
+            future_rows=future_rows,
+        )
 
     def totals(self) -> Totals:
         """A copy of the counters, safe to hand to another thread."""
@@ -190,19 +307,24 @@ class StoreCollector:
         return Totals(synced, latency, self._errors.errors.values(), open_gaps)
 
     def close(self) -> None:
+        self._watchdog.close()
         self.engine.dispose()
 
-    def _backlog(self, connection: Connection) -> dict[Series, Backlog]:
+    def _backlog(self, connection: Connection, db_now: float) -> tuple[dict[Series, Backlog], int]:
+        """The backlog per series, and how many pending rows are stamped in the future."""
         pending: dict[Series, int] = dict.fromkeys(self.labels.zero_filled(), 0)
         oldest: dict[Series, float] = {}
-        for raw_object, raw_operation, raw_direction, count, first in connection.execute(
-            self.queries.backlog()
+        future = 0
+        for raw_object, raw_operation, raw_direction, count, first, ahead in connection.execute(
+            self.queries.backlog(db_now)
         ):
             series = self.labels.series(raw_object, raw_operation, raw_direction)
             pending[series] = pending.get(series, 0) + int(count)
+            future += int(ahead or 0)
             if first is not None:
                 oldest[series] = min(float(first), oldest.get(series, float(first)))
-        return {series: Backlog(count, oldest.get(series)) for series, count in pending.items()}
+        backlog = {series: Backlog(count, oldest.get(series)) for series, count in pending.items()}
+        return backlog, future
 
 
 def make_engine(config: StoreConfig) -> Engine:

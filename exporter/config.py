@@ -62,7 +62,11 @@ def _parse_duration(value: object) -> object:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+# Bounded above: timers and the databases' timeout settings overflow on absurd values.
+MAX_SECONDS = 7 * 86400.0
+Seconds = Annotated[
+    float, BeforeValidator(_parse_duration), Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+]
 
 
 def _check_identifier(value: str) -> str:
@@ -303,10 +307,16 @@ class StoreConfig(_Frozen):
         if self.password_file is not None:
             try:
                 password = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as error:
+            except (OSError, ValueError) as error:
+                # Never the decoding error's text: it quotes bytes of the secret.
+                if isinstance(error, UnicodeDecodeError):
+                    reason = "not UTF-8 text"
+                elif isinstance(error, OSError):
+                    reason = error.strerror or str(error)
+                else:
+                    reason = str(error)
                 raise ConfigError(
-                    f"store {self.name!r}",
-                    [f"password_file {self.password_file}: {error.strerror}"],
+                    f"store {self.name!r}", [f"password_file {self.password_file}: {reason}"]
                 ) from None
             return url.set(password=password)
         return url
@@ -364,6 +374,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(error, "problem", None) or "not valid YAML"
         raise ConfigError(source, [f"YAML syntax{where}: {reason}"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["YAML syntax: nested too deeply"]) from None
     if not isinstance(document, dict):
         raise ConfigError(source, ["(top level): expected a mapping with a 'stores' list"])
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import sqlite3
 import time
 from typing import Any
@@ -131,3 +134,33 @@ def connect_arguments(url_drivername: str, query_timeout: float) -> dict[str, An
     if url_drivername.startswith("sqlite"):
         return {"timeout": query_timeout, "check_same_thread": False}
     return {}
+
+
+def interrupt_connection(dbapi_connection: Any) -> None:
+    """End whatever ``dbapi_connection`` is waiting for, from another thread.
+
+    psycopg has no read timeout: on a network that went silent it would wait forever.
+    Shutting the socket down wakes it with an error, and the pool replaces the connection.
+    """
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        with contextlib.suppress(sqlite3.Error):
+            dbapi_connection.interrupt()
+        return
+    try:
+        if getattr(dbapi_connection, "pgconn", None) is not None:  # psycopg
+            if dbapi_connection.closed:
+                return
+            fd = int(dbapi_connection.pgconn.socket)
+        else:  # PyMySQL
+            sock = getattr(dbapi_connection, "_sock", None)
+            if sock is None:
+                return
+            fd = sock.fileno()
+    except Exception:  # the driver already knows the connection is gone
+        return
+    if fd < 0:
+        return
+    # Through a duplicate descriptor: the shutdown ends the connection for both, and the
+    # driver's own descriptor stays the driver's to close.
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as duplicate:
+        duplicate.shutdown(socket.SHUT_RDWR)

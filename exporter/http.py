@@ -7,6 +7,8 @@ import binascii
 import gzip
 import hashlib
 import logging
+import ssl
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -20,6 +22,7 @@ from exporter.web_config import WebConfig
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BODY = 1024
+HANDSHAKE_TIMEOUT = 10.0
 _LANDING = """<!doctype html>
 <html><head><title>crmsync-exporter</title></head>
 <body><h1>crmsync-exporter</h1>
@@ -125,7 +128,27 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         context = web_config.ssl_context()
         if context is not None:
-            self.socket = context.wrap_socket(self.socket, server_side=True)
+            # The handshake happens in the request's thread (finish_request), not in the
+            # accept loop, where one silent client would stall every other.
+            self.socket = context.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                request.do_handshake()
+            except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+                log.debug(
+                    "TLS handshake failed", extra={"client": client_address[0], "error": error}
+                )
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-response is routine: a debug line, not a traceback.
+        log.debug("request failed", extra={"client": client_address[0], "error": sys.exc_info()[1]})
 
     def authorized(self, header: str | None) -> bool:
         if not self._users:

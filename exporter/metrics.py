@@ -74,6 +74,12 @@ class SyncStoreCollector(Collector):
             "Time from enqueue to sync of each synced change.",
             labels=SERIES,
         )
+        future = GaugeMetricFamily(
+            "crmsync_future_timestamp_rows",
+            "Rows stamped later than the database's clock (a writer's clock is ahead): "
+            "queue by enqueued_at, history by synced_at, errors by failed_at.",
+            labels=["store", "table"],
+        )
         for state in states:
             store = state.store
             gauges = state.gauges
@@ -90,6 +96,8 @@ class SyncStoreCollector(Collector):
                         oldest.add_metric(labels, backlog.oldest)
                 for (obj, direction), count in gauges.synced_last_hour.items():
                     last_hour.add_metric([store, obj, direction], count)
+                for table_role, count in gauges.future_rows.items():
+                    future.add_metric([store, table_role], count)
             totals = state.totals
             for series, count in totals.synced.items():
                 synced.add_metric([store, *series], count)
@@ -101,7 +109,7 @@ class SyncStoreCollector(Collector):
                     buckets=list(zip(_BUCKET_BOUNDS, histogram.cumulative, strict=True)),
                     sum_value=histogram.sum,
                 )
-        yield from (pending, age, oldest, last_hour, synced, errors, latency)
+        yield from (pending, age, oldest, last_hour, synced, errors, latency, future)
 
     def _self_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
         up = GaugeMetricFamily(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +25,11 @@ from sqlalchemy.sql.expression import TableClause
 from exporter.config import StoreConfig
 from exporter.dialects import epoch_seconds, now_epoch_seconds
 from exporter.tally import LATENCY_BUCKETS
+
+
+def _naive_utc(epoch: float) -> datetime:
+    """Sessions run in UTC, so a naive UTC datetime compares right with every column type."""
+    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
 
 
 def _table(name: str) -> TableClause:
@@ -141,13 +146,16 @@ class StoreQueries:
     def now(self) -> Select[Any]:
         return select(now_epoch_seconds(self.dialect).label("now"))
 
-    def backlog(self) -> Select[Any]:
-        """Pending rows and the oldest enqueue time per raw object, operation, direction."""
+    def backlog(self, db_now: float) -> Select[Any]:
+        """Pending rows, the oldest enqueue time, and rows enqueued after ``db_now``, per
+        raw object, operation, direction."""
+        future = case((self._later_than(self.queue_enqueued_at, db_now), 1))
         statement = (
             select(
                 *self.queue_labels,
                 func.count().label("pending"),
                 self._oldest_enqueued().label("oldest"),
+                func.count(future).label("future"),
             )
             .select_from(self.queue_source)
             .group_by(*self.queue_labels)
@@ -160,6 +168,30 @@ class StoreQueries:
             # the smallest string is not always the earliest instant.
             return func.min(epoch_seconds(self.dialect, self.queue_enqueued_at))
         return epoch_seconds(self.dialect, func.min(self.queue_enqueued_at))
+
+    def future_rows(self, db_now: float) -> Select[Any]:
+        """History and error rows stamped after ``db_now``: a writer's clock runs ahead."""
+        counts = [
+            feed.filtered(
+                select(func.count()).select_from(feed.source),
+                self._later_than(feed.moment, db_now),
+            )
+            .scalar_subquery()
+            .label(feed.name)
+            for feed in (self.history, self.errors)
+        ]
+        return select(*counts)
+
+    def _later_than(self, timestamp: ColumnElement[datetime], db_now: float) -> ColumnElement[bool]:
+        """``timestamp`` is after the instant ``db_now``, through the column's index if any."""
+        if self.dialect == "sqlite":
+            # Text, maybe with UTC offsets (at most 14 h): narrow down by the string,
+            # then compare instants.
+            return and_(
+                timestamp > _naive_utc(db_now - 14 * 3600),
+                epoch_seconds(self.dialect, timestamp) > db_now,
+            )
+        return timestamp > _naive_utc(db_now)
 
     def synced_between(self, start: datetime, end: datetime) -> Select[Any]:
         """Synced changes per raw object and direction with start <= synced_at < end."""

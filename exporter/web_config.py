@@ -76,7 +76,7 @@ def load_web_config(path: Path) -> WebConfig:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as error:
         raise ConfigError(source, [f"cannot read the file: {error.strerror}"]) from None
-    except (yaml.YAMLError, UnicodeDecodeError):
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
         raise ConfigError(source, ["not valid YAML"]) from None
     try:
         config = WebConfig.model_validate(document)
@@ -90,7 +90,7 @@ def load_web_config(path: Path) -> WebConfig:
         )
     try:
         config.ssl_context()
-    except (OSError, ssl.SSLError) as error:
+    except (OSError, ssl.SSLError, ValueError) as error:  # ValueError: a NUL in a path
         raise ConfigError(source, [f"tls_server_config: {error}"]) from None
     for user, hashed in config.basic_auth_users.items():
         if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
