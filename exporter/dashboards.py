@@ -1162,15 +1162,23 @@ class _Builder:
         )
         rate = f"rate(crmsync_sync_errors_total{{{sel}}}[$__rate_interval])"
         sql_ds = {"type": self.plugin, "uid": "${store_datasource}"}
+        object_link = _link(
+            "Open ${__field.labels.object}",
+            UIDS["object"],
+            "${datasource:queryparam}&${store_datasource:queryparam}&${store:queryparam}"
+            "&var-object=${__field.labels.object}",
+        )
         by_panels = [
             _timeseries(
                 f"Failed attempts by {label}",
-                f"Failed sync attempts per second, by {label}.",
+                f"Failed sync attempts per second, by {label}."
+                + (" Click a series to open that object." if name == "object" else ""),
                 "ops",
                 _grid(x, y, 12, 7),
                 [_prom(f"sum by ({name}) ({rate})", "A", f"{{{{{name}}}}}")],
                 stack=True,
                 minimum=0,
+                links=[object_link] if name == "object" else (),
             )
             for name, label, x, y in (
                 ("error_code", "error code", 0, 4),
@@ -1305,12 +1313,20 @@ class _Builder:
             _timeseries(
                 "Arrival rate per object",
                 "Changes entering the queue per second (estimated: synced + failed attempts + "
-                "growth of the backlog).",
+                "growth of the backlog). Click a series to open that object.",
                 "ops",
                 _grid(0, 0, 12, 8),
                 [_prom(self.arrival_expr(sel, "object"), "A", "{{object}}")],
                 stack=True,
                 minimum=0,
+                links=[
+                    _link(
+                        "Open ${__field.labels.object}",
+                        UIDS["object"],
+                        "${datasource:queryparam}&${store:queryparam}"
+                        "&var-object=${__field.labels.object}",
+                    )
+                ],
             ),
             _timeseries(
                 "Sync rate per object",

@@ -1,0 +1,281 @@
+"""Every PromQL expression of every panel, run by a real Prometheus that scraped the exporter.
+
+The store is filled by the simulator (a backfill, then live traffic with many failures), the
+real exporter reads it and a real Prometheus scrapes the exporter every second. Each panel
+query, with its variables replaced as Grafana replaces them, must parse and return data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from exporter.schema import create_reference_schema
+from exporter.simulator import backfill
+from tests.conftest import require_binary
+from tests.dashboards.common import DASHBOARDS, panels
+from tests.dashboards.grafana import Context, Selection, interpolate
+
+pytestmark = pytest.mark.prometheus
+
+RATE_INTERVAL = "20s"
+# Grafana's $__range for the test's time range; long enough for every window to hold samples.
+RANGE = "1m"
+WARM_UP = 25.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _wait_for(url: str, deadline: float) -> None:
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class Stack:
+    prometheus: str
+    started: float
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prometheus_binary = require_binary("prometheus")
+    work = tmp_path_factory.mktemp("promql")
+    url = f"sqlite:///{work / 'store.db'}"
+    engine = sa.create_engine(url)
+    create_reference_schema(engine)
+    backfill(engine, history_rows=3000, error_rows=400, pending_rows=150, span=3 * 3600.0, seed=3)
+    engine.dispose()
+
+    exporter_port, prometheus_port = _free_port(), _free_port()
+    config = work / "exporter.yml"
+    config.write_text(f"stores:\n  - name: main\n    url: '{url}'\n    interval: 1s\n")
+    prometheus_config = work / "prometheus.yml"
+    prometheus_config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: crmsync\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{exporter_port}']\n"
+    )
+    logs = work / "logs"
+    logs.mkdir()
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, command: list[str]) -> None:
+        log = (logs / f"{name}.log").open("wb")
+        processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+
+    try:
+        start(
+            "simulator",
+            [
+                sys.executable,
+                "-m",
+                "exporter.simulator",
+                "--store.url",
+                url,
+                "--scenario",
+                "steady",
+                "--rate",
+                "10",
+                "--speed",
+                "5",
+                "--error-share",
+                "0.25",
+                "--sync-interval",
+                "0.5",
+                "--seed",
+                "5",
+            ],
+        )
+        start(
+            "exporter",
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config.file",
+                str(config),
+                "--web.listen-address",
+                f"127.0.0.1:{exporter_port}",
+            ],
+        )
+        start(
+            "prometheus",
+            [
+                prometheus_binary,
+                f"--config.file={prometheus_config}",
+                f"--storage.tsdb.path={work / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            ],
+        )
+        deadline = time.monotonic() + 30
+        _wait_for(f"http://127.0.0.1:{exporter_port}/metrics", deadline)
+        base = f"http://127.0.0.1:{prometheus_port}"
+        _wait_for(f"{base}/-/ready", deadline)
+        started = time.monotonic()
+        time.sleep(WARM_UP)
+        for process in processes:
+            assert process.poll() is None, (logs / "exporter.log").read_text()
+        yield Stack(base, started)
+    finally:
+        for process in processes:
+            _stop(process)
+
+
+def _context(view: str) -> Context:
+    every = Selection((), multi=True, include_all=True, all_value=".*", is_all=True)
+    return Context(
+        {
+            "store": Selection.one("main"),
+            "object": Selection.one("lead"),
+            "direction": every,
+            "operation": every,
+            "error_code": every,
+            "view": Selection.one(view),
+            "horizon": Selection.one("14400"),
+        },
+        builtins={"__rate_interval": RATE_INTERVAL, "__range": RANGE, "__interval": "1s"},
+    )
+
+
+def _multi_object_context(view: str) -> Context:
+    context = _context(view)
+    variables = dict(context.variables)
+    variables["object"] = Selection((), multi=True, include_all=True, all_value=".*", is_all=True)
+    return Context(variables, context.builtins)
+
+
+@dataclass(frozen=True)
+class Query:
+    dashboard: str
+    panel: str
+    ref: str
+    expr: str
+    instant: bool
+    multi_object: bool
+
+
+def _queries() -> list[Query]:
+    found = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        object_variable = next(
+            (v for v in dashboard["templating"]["list"] if v["name"] == "object"), None
+        )
+        multi_object = bool(object_variable and object_variable.get("multi"))
+        for panel in panels(dashboard):
+            for target in panel.get("targets", []):
+                if target.get("datasource", {}).get("type") != "prometheus":
+                    continue
+                found.append(
+                    Query(
+                        dashboard["uid"],
+                        panel["title"],
+                        target["refId"],
+                        target["expr"],
+                        bool(target.get("instant")),
+                        multi_object,
+                    )
+                )
+    return found
+
+
+QUERIES = _queries()
+
+
+def _evaluate(stack: Stack, expr: str, instant: bool) -> list[Any]:
+    if instant:
+        query = urllib.parse.urlencode({"query": expr})
+        answer = _get(f"{stack.prometheus}/api/v1/query?{query}")
+    else:
+        end = time.time()
+        query = urllib.parse.urlencode({"query": expr, "start": end - 15, "end": end, "step": "1s"})
+        answer = _get(f"{stack.prometheus}/api/v1/query_range?{query}")
+    assert answer["status"] == "success", answer
+    result: list[Any] = answer["data"]["result"]
+    return result
+
+
+def test_there_are_promql_panels_on_every_dashboard() -> None:
+    assert {query.dashboard for query in QUERIES} == {
+        "crmsync-status",
+        "crmsync-object",
+        "crmsync-errors",
+        "crmsync-capacity",
+    }
+
+
+@pytest.mark.parametrize(
+    "query", QUERIES, ids=[f"{q.dashboard}:{q.panel}:{q.ref}" for q in QUERIES]
+)
+def test_every_panel_query_parses_and_returns_data(stack: Stack, query: Query) -> None:
+    views = ("0", "1") if "$view" in query.expr else ("0",)
+    answers = []
+    for view in views:
+        context = _multi_object_context(view) if query.multi_object else _context(view)
+        expr = interpolate(query.expr, context, "prometheus")
+        assert "$" not in expr, f"a variable is left in {expr}"
+        answers.append(_evaluate(stack, expr, query.instant))
+    # A "view"-gated query answers in its own view and is empty in the other one.
+    assert any(answers), f"no data for {query.expr}"
+    if len(views) == 2:
+        assert not all(answers), f"{query.expr} is not gated by the view"
+
+
+def _variable_queries() -> list[tuple[str, str, str]]:
+    found = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        for variable in dashboard["templating"]["list"]:
+            if variable["type"] == "query":
+                found.append((dashboard["uid"], variable["name"], variable["definition"]))
+    return found
+
+
+@pytest.mark.parametrize("variable", _variable_queries(), ids=lambda v: f"{v[0]}:{v[1]}")
+def test_every_variable_query_finds_values(stack: Stack, variable: tuple[str, str, str]) -> None:
+    _, name, definition = variable
+    match = re.fullmatch(r"label_values\((.+), (\w+)\)", definition)
+    assert match, definition
+    selector = interpolate(match.group(1), _context("0"), "prometheus")
+    query = urllib.parse.urlencode({"match[]": selector})
+    answer = _get(f"{stack.prometheus}/api/v1/label/{match.group(2)}/values?{query}")
+    assert answer["status"] == "success"
+    assert answer["data"], f"no values for ${name} from {selector}"
