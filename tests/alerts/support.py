@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +31,20 @@ PROMTOOL_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 ALERTMANAGER_EXAMPLE = ALERTS / "alertmanager.yml"
 
 T = TypeVar("T")
+RequireBinary = Callable[[str], str]
+
+
+def find_binary(name: str) -> str:
+    """A program on PATH: without it the test is skipped, or fails when CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        reason = (
+            f"{name} is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI=true requires it")
+        pytest.skip(reason)
+    return path
 
 
 def run(argv: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
