@@ -254,11 +254,11 @@ class StoreSql:
         """The exporter's label value of a mapped column (operation, direction)."""
         raw = f"lower(trim({column}))"
         branches = "".join(
-            f" WHEN {raw} IN ({self._list(value.lower() for value in values)})"
+            f"\n      WHEN {raw} IN ({self._list(value.lower() for value in values)})"
             f" THEN {self.sql.literal(label)}"
             for label, values in mapping.items()
         )
-        return f"CASE{branches} ELSE 'other' END"
+        return f"CASE{branches}\n      ELSE 'other' END"
 
     def _labelled(self, source: _Source, extra: Sequence[str]) -> str:
         """A subquery of ``source`` with label columns computed as the exporter computes them."""
@@ -324,7 +324,7 @@ class StoreSql:
 
     def _error_filters(self) -> str:
         sql = self.sql
-        search = " OR ".join(
+        search = "\n    OR ".join(
             sql.contains(f"coalesce(f.{column}, '')", "search_for.needle")
             for column in ("record_id", "record_name", "error_code", "error_message")
         )
@@ -334,7 +334,7 @@ class StoreSql:
                 _selected(sql, "operation", "f.operation"),
                 _selected(sql, "direction", "f.direction"),
                 _selected(sql, "error_code", "f.error_code"),
-                f"(search_for.needle = '' OR {search})",
+                f"(search_for.needle = ''\n    OR {search})",
             ]
         )
 
@@ -824,7 +824,7 @@ class _Builder:
         )
         overrides.append(
             _override(
-                "object",
+                "Object",
                 {
                     "links": [
                         _link(
