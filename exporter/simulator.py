@@ -25,6 +25,7 @@ It is a separate command: nothing in the exporter's read path imports it.
 from __future__ import annotations
 
 import argparse
+import base64
 import heapq
 import itertools
 import logging
@@ -43,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, event, inspect, or_, select, text
+from sqlalchemy import Connection, Row, Table, and_, delete, event, inspect, or_, select, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -370,6 +371,11 @@ def _weights(choices: Mapping[str, float] | Sequence[str] | None) -> dict[str, f
     return weights
 
 
+Change = tuple[str, str, str, str]
+"""(object_type, record_id, operation, direction) of one change."""
+_CHANGE_COLUMNS = ("object_type", "record_id", "operation", "direction")
+
+
 class Traffic:
     """Draws changes, record ids, names and error details; all randomness from one ``rng``."""
 
@@ -385,17 +391,13 @@ class Traffic:
         self._known: dict[str, deque[str]] = {name: deque(maxlen=5000) for name in objects}
 
     def record_id(self, object_type: str) -> str:
-        """A CRM-style 18-character id: key prefix of the object, then base62."""
+        """A CRM-style 18-character id: the object's key prefix, then letters and digits."""
         prefix = _KEY_PREFIX.get(object_type, "a0" + _BASE62[zlib.crc32(object_type.encode()) % 62])
-        number = self.rng.getrandbits(72)
-        digits = []
-        for _ in range(12):
-            number, digit = divmod(number, 62)
-            digits.append(_BASE62[digit])
-        return prefix + "Dn0" + "".join(digits)
+        token = base64.b64encode(self.rng.getrandbits(72).to_bytes(9, "big"), altchars=b"Xy")
+        return prefix + "Dn0" + token.decode()
 
-    def changes(self, count: int) -> Iterator[dict[str, Any]]:
-        """``count`` changes: object, operation, direction and record id."""
+    def changes(self, count: int) -> Iterator[Change]:
+        """``count`` changes: (object_type, record_id, operation, direction)."""
         rng = self.rng
         objects = rng.choices(self.objects, cum_weights=self._object_cum, k=count)
         operations = rng.choices(self._operations, cum_weights=self._operation_cum, k=count)
@@ -403,16 +405,11 @@ class Traffic:
         for object_type, operation, direction in zip(objects, operations, directions, strict=True):
             known = self._known[object_type]
             if operation == "update" and known:
-                record_id = known[rng.randrange(len(known))]
+                record_id = known[int(rng.random() * len(known))]
             else:
                 record_id = self.record_id(object_type)
                 known.append(record_id)
-            yield {
-                "object_type": object_type,
-                "record_id": record_id,
-                "operation": operation,
-                "direction": direction,
-            }
+            yield object_type, record_id, operation, direction
 
     def error_code(self, object_type: str, operation: str, weights: Mapping[str, float]) -> str:
         codes = [
@@ -424,10 +421,9 @@ class Traffic:
             return "UNKNOWN_EXCEPTION"
         return self.rng.choices(codes, weights=[weights[code] for code in codes])[0]
 
-    def failure(self, change: Mapping[str, Any], code: str, failed_at: datetime) -> dict[str, Any]:
+    def failure(self, change: Change, code: str, failed_at: datetime) -> dict[str, Any]:
         """A ``sync_error`` row for a failed attempt at ``change``."""
-        object_type = str(change["object_type"])
-        record_id = str(change["record_id"])
+        object_type, record_id, operation, direction = change
         # The same record keeps its name across retries: derive it from the id.
         person = random.Random(record_id)
         first, last = person.choice(_FIRST), person.choice(_LAST)
@@ -468,8 +464,8 @@ class Traffic:
         return {
             "object_type": object_type,
             "record_id": record_id,
-            "operation": change["operation"],
-            "direction": change["direction"],
+            "operation": operation,
+            "direction": direction,
             "record_name": name,
             "error_code": code,
             "error_message": message,
@@ -548,7 +544,6 @@ class _Retries:
 
 
 _Row = Row[*tuple[Any, ...]]
-_CHANGE_COLUMNS = ("object_type", "record_id", "operation", "direction")
 _QUEUE_COLUMNS = (
     sync_queue.c.id,
     sync_queue.c.object_type,
@@ -681,8 +676,12 @@ class Simulator:
             times.extend((step + self.rng.random()) * seconds / steps for _ in range(count))
         times.sort()
         return [
-            {**change, "enqueued_at": self.now + timedelta(seconds=offset)}
-            for change, offset in zip(self.traffic.changes(len(times)), times, strict=True)
+            {**dict(zip(_CHANGE_COLUMNS, change, strict=True)), "enqueued_at": self.now + delay}
+            for change, delay in zip(
+                self.traffic.changes(len(times)),
+                (timedelta(seconds=offset) for offset in times),
+                strict=True,
+            )
         ]
 
     def _cycle(self, now: datetime, capacity: int, conditions: Conditions, counts: Counts) -> int:
@@ -760,14 +759,23 @@ class Simulator:
         gone: list[int] = []
         retry: set[int] = set()
         for row in rows:
-            change = {name: getattr(row, name) for name in _CHANGE_COLUMNS}
+            change: Change = (
+                str(row.object_type),
+                str(row.record_id),
+                str(row.operation),
+                str(row.direction),
+            )
             if self.rng.random() >= conditions.error_share:
                 gone.append(row.id)
-                synced.append({**change, "enqueued_at": _naive(row.enqueued_at), "synced_at": now})
+                synced.append(
+                    {
+                        **dict(zip(_CHANGE_COLUMNS, change, strict=True)),
+                        "enqueued_at": _naive(row.enqueued_at),
+                        "synced_at": now,
+                    }
+                )
                 continue
-            code = self.traffic.error_code(
-                str(row.object_type), str(row.operation), conditions.error_codes
-            )
+            code = self.traffic.error_code(change[0], change[2], conditions.error_codes)
             failed.append(self.traffic.failure(change, code, now))
             kind = ERROR_KINDS.get(code)
             if kind is not None and kind.retriable:
@@ -839,6 +847,9 @@ class Backfilled:
     pending: int
 
 
+_LATENCY_POOL = 8192
+
+
 def _latency(rng: random.Random) -> float:
     """Enqueue-to-sync seconds: mostly a few seconds, a tail of backlog minutes, rarely hours."""
     draw = rng.random()
@@ -879,36 +890,85 @@ def backfill(
     begin = end - timedelta(seconds=span)
 
     def spread(count: int, first: datetime, seconds: float) -> Iterator[datetime]:
+        """``count`` moments in order, one in each of ``count`` equal slices of the span."""
+        step, draw = seconds / max(count, 1), rng.random
         for index in range(count):
-            yield first + timedelta(seconds=seconds * (index + rng.random()) / count)
+            yield first + timedelta(seconds=step * (index + draw()))
 
-    def history() -> Iterator[dict[str, Any]]:
+    # Drawn once: a million lognormal draws would cost more than the inserts.
+    latencies = [timedelta(seconds=_latency(rng)) for _ in range(_LATENCY_POOL)]
+
+    def history() -> Iterator[tuple[Any, ...]]:
         times = spread(history_rows, begin, span)
+        draw = rng.random
         for change, synced_at in zip(traffic.changes(history_rows), times, strict=True):
-            change["enqueued_at"] = synced_at - timedelta(seconds=_latency(rng))
-            change["synced_at"] = synced_at
-            yield change
+            yield (*change, synced_at - latencies[int(draw() * _LATENCY_POOL)], synced_at)
 
-    def errors() -> Iterator[dict[str, Any]]:
+    def errors() -> Iterator[tuple[Any, ...]]:
         times = spread(error_rows, begin, span)
         for change, failed_at in zip(traffic.changes(error_rows), times, strict=True):
-            code = traffic.error_code(
-                change["object_type"], change["operation"], STEADY_ERROR_CODES
-            )
-            yield traffic.failure(change, code, failed_at)
+            code = traffic.error_code(change[0], change[2], STEADY_ERROR_CODES)
+            failure = traffic.failure(change, code, failed_at)
+            yield tuple(failure[column] for column in _ERROR_COLUMNS)
 
-    def pending() -> Iterator[dict[str, Any]]:
+    def pending() -> Iterator[tuple[Any, ...]]:
         seconds = min(pending_span, span)
         times = spread(pending_rows, end - timedelta(seconds=seconds), seconds)
         for change, enqueued_at in zip(traffic.changes(pending_rows), times, strict=True):
-            change["enqueued_at"] = enqueued_at
-            yield change
+            yield (*change, enqueued_at)
 
-    for table, rows in ((sync_history, history()), (sync_error, errors()), (sync_queue, pending())):
+    for table, columns, rows in (
+        (sync_history, (*_CHANGE_COLUMNS, "enqueued_at", "synced_at"), history()),
+        (sync_error, _ERROR_COLUMNS, errors()),
+        (sync_queue, (*_CHANGE_COLUMNS, "enqueued_at"), pending()),
+    ):
         while batch := list(itertools.islice(rows, batch_size)):
             with engine.begin() as connection:
-                connection.execute(table.insert(), batch)
+                bulk_insert(connection, table, columns, batch)
     return Backfilled(history_rows, error_rows, pending_rows)
+
+
+_ERROR_COLUMNS = (
+    *_CHANGE_COLUMNS,
+    "record_name",
+    "error_code",
+    "error_message",
+    "failed_at",
+)
+
+
+def bulk_insert(
+    connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert many rows the fastest way the driver offers: COPY, else a plain executemany."""
+    dialect = connection.dialect
+    names = ", ".join(columns)
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        raw: Any = connection.connection.driver_connection
+        with raw.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    if dialect.name in ("sqlite", "mysql", "mariadb") and dialect.paramstyle in (
+        "qmark",
+        "format",
+        "pyformat",
+    ):
+        # Below SQLAlchemy's type processing, timestamps go as text in the format it writes
+        # itself (SQLite compares them as text, so the format must match exactly).
+        marker = "?" if dialect.paramstyle == "qmark" else "%s"
+        connection.exec_driver_sql(
+            f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([marker] * len(columns))})",
+            [
+                tuple(
+                    value.isoformat(" ", "microseconds") if isinstance(value, datetime) else value
+                    for value in row
+                )
+                for row in rows
+            ],
+        )
+        return
+    connection.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
 
 
 # --- command line --------------------------------------------------------------------------

@@ -350,6 +350,33 @@ def test_backfill_writes_exactly_what_it_was_asked_in_order(engine: sa.Engine) -
     assert all(end - timedelta(seconds=60) <= at <= end for at in queued)
 
 
+def test_bulk_inserts_store_timestamps_as_sqlalchemy_does(engine: sa.Engine) -> None:
+    moments = [datetime(2024, 1, 1, 0, 0, 0), datetime(2024, 1, 1, 0, 0, 0, 123456)]
+    change = ("lead", "00QDn0AAAAAAAAAAAA", "insert", "to_crm")
+    with engine.begin() as connection:
+        simulator.bulk_insert(
+            connection,
+            sync_queue,
+            ("object_type", "record_id", "operation", "direction", "enqueued_at"),
+            [(*change, moment) for moment in moments],
+        )
+        connection.execute(
+            sync_queue.insert(),
+            [
+                dict(
+                    zip(("object_type", "record_id", "operation", "direction"), change, strict=True)
+                )
+                | {"enqueued_at": moment}
+                for moment in moments
+            ],
+        )
+        typed = connection.execute(sa.select(sync_queue.c.enqueued_at).order_by(sync_queue.c.id))
+        raw = connection.execute(sa.text("SELECT enqueued_at FROM sync_queue ORDER BY id"))
+        typed_values, raw_values = list(typed.scalars()), list(raw.scalars())
+    assert typed_values == moments + moments
+    assert raw_values[:2] == raw_values[2:], "the same text on SQLite, the same value elsewhere"
+
+
 def test_backfill_spreads_history_over_the_span_like_a_steady_engine(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
     create_reference_schema(engine)
