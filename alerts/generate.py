@@ -106,12 +106,20 @@ def percent(value: float) -> str:
 
 
 @dataclass(frozen=True)
-class Tier:
-    """One severity of an alert: its threshold and how long it must hold."""
+class DurationTier:
+    """One severity of an alert whose threshold is a duration (an age, a horizon)."""
 
     severity: str
-    threshold: float
-    horizon: Duration | None
+    limit: Duration
+    for_: Duration
+
+
+@dataclass(frozen=True)
+class RatioTier:
+    """One severity of an alert whose threshold is a ratio."""
+
+    severity: str
+    ratio: float
     for_: Duration
 
 
@@ -134,13 +142,13 @@ class Config:
     backlog_limit: int
     backlog_window: Duration
     backlog_growth_window: Duration
-    backlog_tiers: tuple[Tier, ...]
-    freshness_tiers: tuple[Tier, ...]
+    backlog_tiers: tuple[DurationTier, ...]
+    freshness_tiers: tuple[DurationTier, ...]
     stall_window: Duration
     stall_for: Duration
     error_ratio_window: Duration
     error_ratio_min_errors: int
-    error_ratio_tiers: tuple[Tier, ...]
+    error_ratio_tiers: tuple[RatioTier, ...]
     error_code_window: Duration
     error_code_baseline: Duration
     error_code_dominant_share: float
@@ -224,20 +232,20 @@ class _Reader:
             raise ConfigError(f"{self._key(unknown[0])}: unknown key")
 
 
-def _tiers(section: _Reader, threshold: str, *, kind: str) -> tuple[Tier, ...]:
+def _duration_tiers(section: _Reader, key: str) -> tuple[DurationTier, ...]:
     tiers = []
     for severity in SEVERITIES:
         tier = section.child(severity)
-        value: float
-        horizon = None
-        if kind == "duration":
-            value = tier.duration(threshold).seconds
-        elif kind == "ratio":
-            value = tier.ratio(threshold)
-        else:
-            horizon = tier.duration(threshold)
-            value = 0
-        tiers.append(Tier(severity, value, horizon, tier.duration("for")))
+        tiers.append(DurationTier(severity, tier.duration(key), tier.duration("for")))
+        tier.done()
+    return tuple(tiers)
+
+
+def _ratio_tiers(section: _Reader, key: str) -> tuple[RatioTier, ...]:
+    tiers = []
+    for severity in SEVERITIES:
+        tier = section.child(severity)
+        tiers.append(RatioTier(severity, tier.ratio(key), tier.duration("for")))
         tier.done()
     return tuple(tiers)
 
@@ -270,11 +278,11 @@ def load_config(path: Path) -> Config:
     backlog_limit = int(backlog.number("limit", low=1, high=1e12, integer=True))
     backlog_window = backlog.duration("window")
     backlog_growth_window = backlog.duration("growth_window")
-    backlog_tiers = _tiers(backlog, "horizon", kind="horizon")
+    backlog_tiers = _duration_tiers(backlog, "horizon")
     backlog.done()
 
     freshness = top.child("freshness")
-    freshness_tiers = _tiers(freshness, "age", kind="duration")
+    freshness_tiers = _duration_tiers(freshness, "age")
     freshness.done()
 
     stall = top.child("stall")
@@ -284,7 +292,7 @@ def load_config(path: Path) -> Config:
     errors = top.child("error_ratio")
     error_ratio_window = errors.duration("window")
     error_ratio_min = int(errors.number("min_errors", low=1, high=1e9, integer=True))
-    error_ratio_tiers = _tiers(errors, "ratio", kind="ratio")
+    error_ratio_tiers = _ratio_tiers(errors, "ratio")
     errors.done()
 
     code = top.child("error_code")
@@ -545,11 +553,10 @@ class Builder:
         pending = self.sel("crmsync_pending_records")
         rules = []
         for tier in c.backlog_tiers:
-            assert tier.horizon is not None
             expr = (
                 f"sum by ({BY}) (\n"
                 f"  predict_linear({pending}[{self.d(c.backlog_window)}], "
-                f"{self.secs(tier.horizon)})\n"
+                f"{self.secs(tier.limit)})\n"
                 f") > {c.backlog_limit}\n"
                 f"and on ({BY})\n"
                 f"sum by ({BY}) (deriv({pending}[{self.d(c.backlog_growth_window)}])) > 0"
@@ -564,7 +571,7 @@ class Builder:
                     description=(
                         f"The backlog of {self.where()} keeps growing: at the trend of the "
                         f"last {self.d(c.backlog_window)} it reaches {{{{ $value | humanize }}}} "
-                        f"waiting changes within {self.d(tier.horizon)}, past the limit of "
+                        f"waiting changes within {self.d(tier.limit)}, past the limit of "
                         f"{c.backlog_limit}."
                     ),
                     dashboard_url=self.object_dashboard(),
@@ -577,7 +584,7 @@ class Builder:
         age = self.recorded("crmsync_oldest_pending_age_seconds", "max")
         rules = []
         for tier in self.c.freshness_tiers:
-            limit = Duration(round(tier.threshold * 1000))
+            limit = tier.limit
             rules.append(
                 self.alert(
                     name,
@@ -625,7 +632,7 @@ class Builder:
         rules = []
         for tier in c.error_ratio_tiers:
             expr = (
-                f"{ratio} > {num(tier.threshold)}\n"
+                f"{ratio} > {num(tier.ratio)}\n"
                 f"and on ({BY})\n"
                 f"sum by ({BY}) (increase({errors}[{self.d(window)}])) >= "
                 f"{c.error_ratio_min_errors}"
@@ -640,7 +647,7 @@ class Builder:
                     description=(
                         f"{{{{ $value | humanizePercentage }}}} of the attempts to sync "
                         f"{self.where()} failed in the last {self.d(window)} "
-                        f"(threshold {percent(tier.threshold)})."
+                        f"(threshold {percent(tier.ratio)})."
                     ),
                     dashboard_url=self.dashboard("crmsync-errors", "store", "object"),
                 )
