@@ -264,13 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
         writer.join(timeout=10.0)
         engine.dispose()
-    totals = simulator.totals
-    print(
-        f"crmsync demo stopped: {totals.enqueued} changes enqueued, {totals.synced} synced, "
-        f"{totals.failed} failed attempts this run; the store stays in {db} "
-        "(--reset starts afresh)",
-        file=sys.stderr,
-    )
+    if status == 0:
+        totals = simulator.totals
+        print(
+            f"crmsync demo stopped: {totals.enqueued} changes enqueued, {totals.synced} synced, "
+            f"{totals.failed} failed attempts this run; the store stays in {db} "
+            "(--reset starts afresh)",
+            file=sys.stderr,
+        )
     return status
 
 
