@@ -48,6 +48,8 @@ sync_history = Table(
     Column("synced_at", _Timestamp, nullable=False),
     # The "last full hour" count reads one hour of this index and nothing else.
     Index("ix_sync_history_synced_at", "synced_at", "object_type", "direction"),
+    # SQLite would otherwise reuse the highest id after a delete: ids here only grow.
+    sqlite_autoincrement=True,
 )
 
 sync_error = Table(
@@ -64,6 +66,7 @@ sync_error = Table(
     Column("failed_at", _Timestamp, nullable=False),
     # The error browser pages through time, newest first.
     Index("ix_sync_error_failed_at", "failed_at"),
+    sqlite_autoincrement=True,
 )
 
 
