@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import hashlib
 import logging
 import ssl
@@ -15,8 +14,8 @@ from typing import Any, ClassVar
 
 import bcrypt
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
+from exporter.exposition import Exposition
 from exporter.web_config import WebConfig
 
 log = logging.getLogger(__name__)
@@ -74,12 +73,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, b"Not Found\n", head=head)
 
     def _metrics(self, head: bool) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        body = encoder(self.server.registry)
-        extra = {}
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
-            extra["Content-Encoding"] = "gzip"
+        body, content_type, compressed = self.server.exposition.render(
+            self.headers.get("Accept", ""), "gzip" in self.headers.get("Accept-Encoding", "")
+        )
+        extra = {"Content-Encoding": "gzip"} if compressed else {}
         self._reply(200, body, content_type, head=head, extra=extra)
 
     def _reply(
@@ -118,6 +115,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     ) -> None:
         super().__init__(address, _Handler)
         self.registry = registry
+        self.exposition = Exposition(registry)
         self.telemetry_path = telemetry_path
         self.headers = dict(web_config.http_server_config.headers)
         self._users = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -33,21 +34,53 @@ class SyncStoreCollector(Collector):
     ) -> None:
         self._states = states
         self._clock = clock
+        self._lock = threading.Lock()
+        self._stable: tuple[tuple[tuple[StoreState, bool], ...], list[Metric]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        states = self._states()
-        yield from self._store_metrics(states, now)
-        yield from self._self_metrics(states, now)
+        states = tuple(self._states())
+        yield from self._unchanged_since_collection(states, now)
+        yield self._ages(states, now)
 
-    def _store_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
-        pending = GaugeMetricFamily(
-            "crmsync_pending_records", "Changes waiting in the sync queue.", labels=SERIES
-        )
+    def _unchanged_since_collection(
+        self, states: Sequence[StoreState], now: float
+    ) -> list[Metric]:
+        """Every family but the ages: the same objects until a store's state changes.
+
+        Handing out the same objects lets the HTTP layer write them once per collection
+        rather than once per scrape (see exporter.exposition).
+        """
+        key = tuple((state, state.up(now)) for state in states)
+        with self._lock:
+            cached = self._stable
+            if cached is None or not _same_generation(cached[0], key):
+                families = [*self._store_metrics(states, now), *self._self_metrics(states, now)]
+                self._stable = cached = (key, families)
+        return cached[1]
+
+    def _ages(self, states: Sequence[StoreState], now: float) -> Metric:
+        """Ages move on between collections, on the database's clock: built on each scrape."""
         age = GaugeMetricFamily(
             "crmsync_oldest_pending_age_seconds",
             "Age of the oldest waiting change by the database's clock; 0 when none waits.",
             labels=SERIES,
+        )
+        for state in states:
+            gauges = state.gauges
+            if gauges is None or not state.up(now):
+                continue
+            db_now = gauges.db_now + (now - state.gauges_taken)
+            for series, backlog in gauges.backlog.items():
+                oldest = backlog.oldest
+                age.add_metric(
+                    [state.store, *series], 0.0 if oldest is None else max(0.0, db_now - oldest)
+                )
+        return age
+
+    def _store_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
+        pending = GaugeMetricFamily(
+            "crmsync_pending_records", "Changes waiting in the sync queue.", labels=SERIES
         )
         oldest = GaugeMetricFamily(
             "crmsync_oldest_pending_timestamp_seconds",
@@ -84,15 +117,10 @@ class SyncStoreCollector(Collector):
             store = state.store
             gauges = state.gauges
             if gauges is not None and state.up(now):
-                # Ages move on between collections, on the database's clock.
-                db_now = gauges.db_now + (now - state.gauges_taken)
                 for series, backlog in gauges.backlog.items():
                     labels = [store, *series]
                     pending.add_metric(labels, backlog.pending)
-                    if backlog.oldest is None:
-                        age.add_metric(labels, 0.0)
-                    else:
-                        age.add_metric(labels, max(0.0, db_now - backlog.oldest))
+                    if backlog.oldest is not None:
                         oldest.add_metric(labels, backlog.oldest)
                 for (obj, direction), count in gauges.synced_last_hour.items():
                     last_hour.add_metric([store, obj, direction], count)
@@ -109,7 +137,7 @@ class SyncStoreCollector(Collector):
                     buckets=list(zip(_BUCKET_BOUNDS, histogram.cumulative, strict=True)),
                     sum_value=histogram.sum,
                 )
-        yield from (pending, age, oldest, last_hour, synced, errors, latency, future)
+        yield from (pending, oldest, last_hour, synced, errors, latency, future)
 
     def _self_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -166,3 +194,12 @@ class SyncStoreCollector(Collector):
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield from (up, duration, query_duration, last_success, collections, failures, folded)
         yield from (gaps, build)
+
+
+def _same_generation(
+    old: tuple[tuple[StoreState, bool], ...], new: tuple[tuple[StoreState, bool], ...]
+) -> bool:
+    """The same state objects (replaced whole on each collection), each as up as before."""
+    return len(old) == len(new) and all(
+        a is b and up_a == up_b for (a, up_a), (b, up_b) in zip(old, new, strict=True)
+    )
