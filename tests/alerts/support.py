@@ -176,6 +176,8 @@ class Received:
     status: str
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
+    at: float
+    """time.monotonic() when it arrived."""
 
 
 class Webhook:
@@ -198,6 +200,7 @@ class Webhook:
                                 alert["status"],
                                 alert.get("labels", {}),
                                 alert.get("annotations", {}),
+                                time.monotonic(),
                             )
                         )
                 self.send_response(200)
