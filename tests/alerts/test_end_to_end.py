@@ -4,7 +4,7 @@ them, Prometheus evaluates the alert pack and Alertmanager notifies a webhook ru
 Time is compressed 60 times on both sides: the simulator runs its scenarios at --speed 60
 (a simulated minute per real second) and the rules are generated with every window, `for`
 and age threshold divided by 60, evaluated every second. One exporter reads three stores, one
-per scenario: the stall must page, steady and burst must not.
+per scenario: the stall and the error storm must page, steady and burst must not.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(240)]
 
 SPEED = 60
 """Simulated seconds per real second, and the factor every rule duration is divided by."""
-SCENARIOS = ("stall", "steady", "burst")
+SCENARIOS = ("stall", "error-storm", "steady", "burst")
 OBSERVE = 75.0
 """Real seconds the steady and burst stores are watched: 75 simulated minutes, in which the
 burst scenario's backlog peaks three times (bursts every 30 simulated minutes)."""
@@ -76,6 +76,23 @@ class Pipeline:
             for r in self.hook.received()
             if r.status == "firing" and r.labels.get("severity") == "critical"
         ]
+
+    def wait_for_page(self, alertname: str, store: str, timeout: float) -> Received:
+        def paged() -> Received | None:
+            for process in self.processes.values():
+                assert process.running(), f"{process.name} exited:\n{process.output()}"
+            return next(
+                (
+                    r
+                    for r in self.critical()
+                    if r.path == "/pager"
+                    and r.labels["alertname"] == alertname
+                    and r.labels.get("store") == store
+                ),
+                None,
+            )
+
+        return wait_until(paged, timeout, f"the {alertname} page of store {store}")
 
     def wait_observed(self) -> None:
         """Sleep until the stores have been watched for OBSERVE seconds, all programs alive."""
@@ -170,21 +187,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
 
 
 def test_stall_pages(pipeline: Pipeline) -> None:
-    def stall_paged() -> Received | None:
-        for process in pipeline.processes.values():
-            assert process.running(), f"{process.name} exited:\n{process.output()}"
-        return next(
-            (
-                r
-                for r in pipeline.critical()
-                if r.path == "/pager"
-                and r.labels["alertname"] == "CrmSyncStalled"
-                and r.labels.get("store") == "stall"
-            ),
-            None,
-        )
-
-    page = wait_until(stall_paged, STALL_DEADLINE, "the CrmSyncStalled page of store stall")
+    page = pipeline.wait_for_page("CrmSyncStalled", "stall", STALL_DEADLINE)
 
     assert page.at - pipeline.started >= STALL_EARLIEST
     assert page.labels["object"] in {"lead", "contact", "account", "opportunity"}
@@ -192,6 +195,14 @@ def test_stall_pages(pipeline: Pipeline) -> None:
     assert page.annotations["runbook_url"].endswith("#crmsyncstalled")
     assert "var-store=stall" in page.annotations["dashboard_url"]
     assert "in store stall were synced" in page.annotations["description"]
+
+
+def test_error_storm_pages(pipeline: Pipeline) -> None:
+    page = pipeline.wait_for_page("CrmSyncErrorRatioHigh", "error-storm", STALL_DEADLINE)
+
+    assert page.annotations["runbook_url"].endswith("#crmsyncerrorratiohigh")
+    assert "var-store=error-storm" in page.annotations["dashboard_url"]
+    assert "(threshold 25%)" in page.annotations["description"]
 
 
 @pytest.mark.parametrize("store", ["steady", "burst"])
