@@ -116,11 +116,11 @@ def test_burn_rate_entry_errors_name_their_index(tmp_path: Path) -> None:
 
 
 def test_configuration_drives_the_rules(tmp_path: Path) -> None:
-    config = _config_with(tmp_path, "selector", 'job="crm", env="prod"')
-    config = _config_with(tmp_path, "urls.grafana", "https://grafana.internal/")
-    data = load_yaml(config)
+    data = load_yaml(ALERTS / "config.yaml")
     data["selector"] = 'job="crm", env="prod"'
+    data["urls"]["grafana"] = "https://grafana.internal/"
     data["stall"]["window"] = "30m"
+    config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(data), encoding="utf-8")
 
     result = run_generator("--config", str(config), "--output-dir", str(tmp_path))
