@@ -266,7 +266,16 @@ class StoreCollector:
                 step = f"reading the backlog from {self.queries.queue_source.fullname}"
                 backlog, future_pending = self._backlog(connection, db_now)
                 timings["backlog"] = time.perf_counter() - started
-                step = "counting history and error rows stamped in the future"
+                for name, feed in zip(("history", "errors"), self._feeds, strict=True):
+                    source = getattr(self.queries, name).source.fullname
+                    step = f"reading new {name} rows from {source}"
+                    started = time.perf_counter()
+                    feed.read(connection, db_now)
+                    timings[name] = time.perf_counter() - started
+                step = (
+                    f"counting rows stamped in the future in {self.queries.history.source.fullname}"
+                    f" and {self.queries.errors.source.fullname}"
+                )
                 started = time.perf_counter()
                 future = connection.execute(self.queries.future_rows(db_now)).one()
                 future_rows = {
@@ -275,12 +284,6 @@ class StoreCollector:
                     "errors": int(future.errors),
                 }
                 timings["future_rows"] = time.perf_counter() - started
-                for name, feed in zip(("history", "errors"), self._feeds, strict=True):
-                    source = getattr(self.queries, name).source.fullname
-                    step = f"reading new {name} rows from {source}"
-                    started = time.perf_counter()
-                    feed.read(connection, db_now)
-                    timings[name] = time.perf_counter() - started
                 step = f"counting last hour's syncs in {self.queries.history.source.fullname}"
                 started = time.perf_counter()
                 last_hour = self._last_hour.get(connection, self.queries, self.labels, db_now)
