@@ -3,7 +3,7 @@ them, Prometheus evaluates the alert pack and Alertmanager notifies a webhook ru
 
 Time is compressed 60 times on both sides: the simulator runs its scenarios at --speed 60
 (a simulated minute per real second) and the rules are generated with every window, `for`
-and age threshold divided by 60, evaluated every second. One exporter reads three stores, one
+and age threshold divided by 60, evaluated every second. One exporter reads four stores, one
 per scenario: the stall and the error storm must page, steady and burst must not.
 """
 
@@ -48,7 +48,8 @@ burst scenario's backlog peaks three times (bursts every 30 simulated minutes)."
 STALL_EARLIEST = 20.0
 """The stall pages once a change waited 15 scaled minutes, none was synced for as long, and
 that held for 5 more: not before 20 real seconds after the simulators started."""
-STALL_DEADLINE = 90.0
+PAGE_DEADLINE = 90.0
+"""Real seconds within which the stall and the error storm must have paged."""
 
 
 def has_schema(path: Path) -> bool:
@@ -187,7 +188,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
 
 
 def test_stall_pages(pipeline: Pipeline) -> None:
-    page = pipeline.wait_for_page("CrmSyncStalled", "stall", STALL_DEADLINE)
+    page = pipeline.wait_for_page("CrmSyncStalled", "stall", PAGE_DEADLINE)
 
     assert page.at - pipeline.started >= STALL_EARLIEST
     assert page.labels["object"] in {"lead", "contact", "account", "opportunity"}
@@ -198,7 +199,7 @@ def test_stall_pages(pipeline: Pipeline) -> None:
 
 
 def test_error_storm_pages(pipeline: Pipeline) -> None:
-    page = pipeline.wait_for_page("CrmSyncErrorRatioHigh", "error-storm", STALL_DEADLINE)
+    page = pipeline.wait_for_page("CrmSyncErrorRatioHigh", "error-storm", PAGE_DEADLINE)
 
     assert page.annotations["runbook_url"].endswith("#crmsyncerrorratiohigh")
     assert "var-store=error-storm" in page.annotations["dashboard_url"]
