@@ -10,17 +10,19 @@ escapings) is written by prometheus_client itself, so the output is always its o
 
 from __future__ import annotations
 
+import logging
 import re
+import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -31,6 +33,12 @@ _OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")
 _TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
 _TEXT_TYPES["unknown"] = "untyped"
 _GZIP_LEVEL = 1
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+"""What Prometheus 2 asks for."""
+log = logging.getLogger(__name__)
 _value: Callable[[float], str] = floatToGoString  # untyped in prometheus_client
 
 
@@ -95,29 +103,37 @@ def _fast(metric: Metric, openmetrics: bool) -> str | None:
         kind = _TEXT_TYPES.get(metric.type, metric.type)
         help_text = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
         lines = [f"# HELP {shown} {help_text}\n# TYPE {shown} {kind}\n"]
-    label_names: set[str] = set()
+    # Label names in the order they are written, per set of names (checked once each).
+    orders: dict[tuple[str, ...], tuple[str, ...]] = {}
+    plain: dict[str, bool] = {}
     for sample in metric.samples:
-        if not _plain(sample, name, openmetrics):
+        ok = plain.get(sample.name)
+        if ok is None:
+            ok = plain[sample.name] = _plain_name(sample.name, name, openmetrics)
+        if not ok or sample.timestamp is not None or sample.exemplar is not None:
             return None
-        if sample.labels:
-            for label in sample.labels.keys() - label_names:
-                if not _LABEL_NAME.fullmatch(label):
+        if getattr(sample, "native_histogram", None) is not None:
+            return None
+        labels = sample.labels
+        if labels:
+            keys = tuple(labels)
+            order = orders.get(keys)
+            if order is None:
+                if not all(_LABEL_NAME.fullmatch(key) for key in keys):
                     return None
-                label_names.add(label)
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
-            lines.append(f"{sample.name}{{{labels}}} {_value(sample.value)}\n")
+                order = orders[keys] = tuple(sorted(keys))
+            text = ",".join([f'{key}="{_escape(labels[key])}"' for key in order])
+            lines.append(f"{sample.name}{{{text}}} {_value(sample.value)}\n")
         else:
             lines.append(f"{sample.name} {_value(sample.value)}\n")
     return "".join(lines)
 
 
-def _plain(sample: Sample, family: str, openmetrics: bool) -> bool:
-    if sample.timestamp is not None or sample.exemplar is not None:
+def _plain_name(sample: str, family: str, openmetrics: bool) -> bool:
+    if not _METRIC_NAME.fullmatch(sample):
         return False
-    if getattr(sample, "native_histogram", None) is not None:
-        return False
-    if not openmetrics and sample.name.startswith(family):
-        return sample.name[len(family) :] not in _OPENMETRICS_ONLY
+    if not openmetrics and sample.startswith(family):
+        return sample[len(family) :] not in _OPENMETRICS_ONLY
     return True
 
 
@@ -125,11 +141,34 @@ def _plain(sample: Sample, family: str, openmetrics: bool) -> bool:
 class _Written:
     """Families written in one format, kept while their objects are handed out."""
 
+    lock: threading.Lock = field(default_factory=threading.Lock)
     texts: dict[int, tuple[Metric, bytes]] = field(default_factory=dict)
-    prefix: tuple[int, ...] = ()
-    """The families at the head of the last body, compressed in ``compressor``."""
-    compressed_prefix: bytes = b""
-    compressor: Any = None
+    writing: dict[int, threading.Event] = field(default_factory=dict)
+    """Families being written: one scrape writes a family, the others wait for its text."""
+    pinned: frozenset[int] = frozenset()
+    """Families written ahead of being handed out (``Exposition.refresh``): kept meanwhile."""
+    deflated: dict[tuple[int, ...], tuple[bytes, int, int]] = field(default_factory=dict)
+    """Leading families of a body -> their deflate blocks, CRC-32 and length (the last two)."""
+
+
+def _deflate(data: bytes, final: bool, window_bits: int = 15) -> bytes:
+    """Raw deflate blocks; unless ``final``, ending on a byte boundary so more can follow."""
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -window_bits, 1 if final else 8)
+    return compressor.compress(data) + compressor.flush(
+        zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH
+    )
+
+
+# A gzip member: this header, deflate blocks, then the CRC-32 and size of the whole text. The
+# prefix's blocks are kept; each scrape appends its own final blocks, from a compressor with a
+# small window (its text is small), and carries the CRC on from the prefix's.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+class Preparing(Protocol):
+    """A collector that can build its next families before handing them out."""
+
+    def preparing(self) -> AbstractContextManager[list[Metric]]: ...
 
 
 class Exposition:
@@ -138,43 +177,95 @@ class Exposition:
     def __init__(self, registry: Collector) -> None:
         self.registry = registry
         self._lock = threading.Lock()
-        self._written: dict[tuple[bool, bool, str], _Written] = {}
+        self._written: dict[tuple[Any, ...], _Written] = {}
+
+    def refresh(self, source: Preparing) -> None:
+        """Write and compress ``source``'s next families, in Prometheus's format, before any
+        scrape gets them (called after each collection)."""
+        form = negotiate(PROMETHEUS_ACCEPT)
+        written = self._slot(form)
+        try:
+            with source.preparing() as families:
+                texts = [self._text(written, metric, form)[0] for metric in families]
+                ids = tuple(id(metric) for metric in families)
+                with written.lock:
+                    written.pinned = frozenset(ids)
+                self._deflated(written, ids, texts)
+        except Exception:
+            log.exception("writing the metrics failed")
 
     def render(self, accept: str, gzip: bool) -> tuple[bytes, str, bool]:
         """(body, content type, whether the body is gzip-compressed)."""
         form = negotiate(accept)
         families = list(self.registry.collect())
-        key = (form.openmetrics, form.fast, form.content_type)
-        with self._lock:
-            written = self._written.setdefault(key, _Written())
-            known = written.texts
-        texts: dict[int, tuple[Metric, bytes]] = {}
+        written = self._slot(form)
         parts: list[bytes] = []
         reused = 0
+        unchanged = True
         for metric in families:
-            hit = known.get(id(metric))
-            if hit is not None and hit[0] is metric:
-                text = hit[1]
-                reused += 1 if reused == len(parts) else 0
-            else:
-                text = write_family(metric, form).encode()
-            texts[id(metric)] = (metric, text)
+            text, _ = self._text(written, metric, form)
+            # The head of the body written ahead by refresh() is compressed once, too.
+            unchanged = unchanged and id(metric) in written.pinned
             parts.append(text)
+            if unchanged:
+                reused = len(parts)
         if form.openmetrics:
             parts.append(b"# EOF\n")
+        current = {id(metric) for metric in families} | written.pinned
+        with written.lock:
+            # Forget families no longer handed out (their ids may be reused).
+            for stale in written.texts.keys() - current:
+                del written.texts[stale]
+        if not gzip:
+            return b"".join(parts), form.content_type, False
         prefix = tuple(id(metric) for metric in families[:reused])
+        deflated, crc, size = self._deflated(written, prefix, parts[:reused])
+        tail = b"".join(parts[reused:])
+        trailer = struct.pack("<II", zlib.crc32(tail, crc), (size + len(tail)) & 0xFFFFFFFF)
+        body = _GZIP_HEADER + deflated + _deflate(tail, final=True, window_bits=12) + trailer
+        return body, form.content_type, True
+
+    def _slot(self, form: Format) -> _Written:
+        # The fast writer's output is the same for every version and escaping it accepts.
+        key = (form.openmetrics, True) if form.fast else (form.openmetrics, form.content_type)
         with self._lock:
-            written.texts = texts
-            if not gzip:
-                return b"".join(parts), form.content_type, False
-            if prefix and prefix == written.prefix and written.compressor is not None:
-                compressor = written.compressor.copy()
-                head = written.compressed_prefix
-            else:
-                compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
-                head = compressor.compress(b"".join(parts[:reused]))
-                head += compressor.flush(zlib.Z_SYNC_FLUSH)
-                written.prefix, written.compressed_prefix = prefix, head
-                written.compressor = compressor.copy()
-        tail = compressor.compress(b"".join(parts[reused:])) + compressor.flush()
-        return head + tail, form.content_type, True
+            return self._written.setdefault(key, _Written())
+
+    @staticmethod
+    def _text(written: _Written, metric: Metric, form: Format) -> tuple[bytes, bool]:
+        """The family's text, and whether this call wrote it."""
+        while True:
+            with written.lock:
+                hit = written.texts.get(id(metric))
+                if hit is not None and hit[0] is metric:
+                    return hit[1], False
+                busy = written.writing.get(id(metric))
+                if busy is None:
+                    written.writing[id(metric)] = threading.Event()
+            if busy is None:
+                break
+            busy.wait()
+        try:
+            text = write_family(metric, form).encode()
+            with written.lock:
+                written.texts[id(metric)] = (metric, text)
+        finally:
+            with written.lock:
+                written.writing.pop(id(metric)).set()
+        return text, True
+
+    @staticmethod
+    def _deflated(
+        written: _Written, prefix: tuple[int, ...], texts: list[bytes]
+    ) -> tuple[bytes, int, int]:
+        with written.lock:
+            hit = written.deflated.get(prefix)
+        if hit is None:
+            head = b"".join(texts)
+            hit = (_deflate(head, final=False), zlib.crc32(head), len(head))
+            with written.lock:
+                # The current body's head, and the next one's while it is being prepared.
+                while len(written.deflated) >= 2:
+                    del written.deflated[next(iter(written.deflated))]
+                written.deflated[prefix] = hit
+        return hit

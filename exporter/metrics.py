@@ -1,11 +1,14 @@
-"""The contract's metric families, built fresh on every scrape from the stores' last states."""
+"""The contract's metric families, built from the stores' last states (once per collection)."""
 
 from __future__ import annotations
 
+import math
 import platform
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -35,32 +38,64 @@ class SyncStoreCollector(Collector):
         self._states = states
         self._clock = clock
         self._lock = threading.Lock()
-        self._stable: tuple[tuple[tuple[StoreState, bool], ...], list[Metric]] | None = None
+        self._building = threading.Lock()
+        self._generation: _Generation | None = None
+        self._ages_cache: tuple[_Generation, int, Metric] | None = None
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        states = tuple(self._states())
-        yield from self._unchanged_since_collection(states, now)
-        yield self._ages(states, now)
+        generation = self._unchanged_since_collection(tuple(self._states()), now)
+        yield from generation.families
+        # Ages move on between collections, a second at a time: scrapes within the same
+        # second share one family (written once), so a hundred scrapers cost little more
+        # than one.
+        with self._lock:
+            cached = self._ages_cache
+            if cached is None or cached[0] is not generation or cached[1] != math.floor(now):
+                ages = self._ages(generation.states, now)
+                self._ages_cache = cached = (generation, math.floor(now), ages)
+        yield cached[2]
 
-    def _unchanged_since_collection(
-        self, states: Sequence[StoreState], now: float
-    ) -> list[Metric]:
+    @contextmanager
+    def preparing(self) -> Iterator[list[Metric]]:
+        """The families of the stores' latest states, handed out once the block ends.
+
+        Until then scrapes get the previous collection's, so that none waits while the new
+        ones are built and written (see exporter.exposition).
+        """
+        with self._building:
+            now = self._clock()
+            generation = self._build(tuple(self._states()), now)
+            yield generation.families
+            self._generation = generation
+
+    def _unchanged_since_collection(self, states: Sequence[StoreState], now: float) -> _Generation:
         """Every family but the ages: the same objects until a store's state changes.
 
         Handing out the same objects lets the HTTP layer write them once per collection
         rather than once per scrape (see exporter.exposition).
         """
-        key = tuple((state, state.up(now)) for state in states)
-        with self._lock:
-            cached = self._stable
-            if cached is None or not _same_generation(cached[0], key):
-                families = [*self._store_metrics(states, now), *self._self_metrics(states, now)]
-                self._stable = cached = (key, families)
-        return cached[1]
+        cached = self._generation
+        if cached is not None and cached.matches(states, now):
+            return cached
+        # While the new families are being prepared, the previous ones are still served.
+        if not self._building.acquire(blocking=cached is None):
+            assert cached is not None
+            return cached
+        try:
+            cached = self._generation
+            if cached is None or not cached.matches(states, now):
+                self._generation = cached = self._build(states, now)
+            return cached
+        finally:
+            self._building.release()
+
+    def _build(self, states: Sequence[StoreState], now: float) -> _Generation:
+        families = [*self._store_metrics(states, now), *self._self_metrics(states, now)]
+        return _Generation(tuple(states), tuple(state.up(now) for state in states), families)
 
     def _ages(self, states: Sequence[StoreState], now: float) -> Metric:
-        """Ages move on between collections, on the database's clock: built on each scrape."""
+        """The oldest pending ages at ``now``, on the database's clock."""
         age = GaugeMetricFamily(
             "crmsync_oldest_pending_age_seconds",
             "Age of the oldest waiting change by the database's clock; 0 when none waits.",
@@ -196,10 +231,17 @@ class SyncStoreCollector(Collector):
         yield from (gaps, build)
 
 
-def _same_generation(
-    old: tuple[tuple[StoreState, bool], ...], new: tuple[tuple[StoreState, bool], ...]
-) -> bool:
-    """The same state objects (replaced whole on each collection), each as up as before."""
-    return len(old) == len(new) and all(
-        a is b and up_a == up_b for (a, up_a), (b, up_b) in zip(old, new, strict=True)
-    )
+@dataclass(frozen=True)
+class _Generation:
+    """The families built from one set of store states."""
+
+    states: tuple[StoreState, ...]
+    up: tuple[bool, ...]
+    families: list[Metric]
+
+    def matches(self, states: Sequence[StoreState], now: float) -> bool:
+        """The same state objects (replaced whole on each collection), each as up as before."""
+        return len(states) == len(self.states) and all(
+            new is old and new.up(now) == up
+            for new, old, up in zip(states, self.states, self.up, strict=True)
+        )

@@ -56,6 +56,8 @@ class StoreRunner:
         self._state = StoreState(store=self.name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"collect-{self.name}", daemon=True)
+        self.after_cycle: Callable[[], None] | None = None
+        """Called in this thread after each cycle (the HTTP layer writes the new metrics)."""
 
     @property
     def state(self) -> StoreState:
@@ -116,6 +118,8 @@ class StoreRunner:
         while not self._stop.is_set():
             started = self._clock()
             self.run_once()
+            if self.after_cycle is not None:
+                self.after_cycle()
             self._stop.wait(max(0.0, self._interval - (self._clock() - started)))
 
 
