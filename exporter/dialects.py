@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import sqlite3
@@ -100,6 +101,11 @@ def configure_engine(engine: Engine, query_timeout: float) -> None:
         def _sqlite(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
             dbapi_connection.execute("PRAGMA query_only = ON")
             dbapi_connection.execute(f"PRAGMA busy_timeout = {milliseconds}")
+            # SQLite stores whatever bytes a writer gave it; one invalid UTF-8 value must
+            # not fail every cycle (a C-level partial: no Python frame per value).
+            dbapi_connection.text_factory = functools.partial(
+                str, encoding="utf-8", errors="replace"
+            )
 
         @event.listens_for(engine, "before_cursor_execute")
         def _deadline(conn: Any, _cursor: Any, *_args: Any) -> None:

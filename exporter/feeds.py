@@ -180,6 +180,8 @@ class MomentFeed:
                 self._sink.add_aggregate(row)
             self._since = window_start
         for row in connection.execute(self._queries.rows_since(self._since)):
+            if row.moment is None:
+                continue  # text that is no timestamp (SQLite): cannot be placed in time
             key = (row[0], float(row.moment))
             if key not in self._seen:
                 self._seen[key] = key[1]
