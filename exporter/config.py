@@ -350,6 +350,8 @@ def _key_path(location: Sequence[int | str]) -> str:
             path += f"[{part}]"
         elif part.startswith(("function-", "tuple[", "dict[", "list[")):
             continue  # pydantic's internal validator steps, not keys a user wrote
+        elif not part.isprintable() or not part.strip() or any(c in part for c in ".[]'\""):
+            path += f"[{part!r}]"  # a key the user wrote oddly: quoted, on one line
         else:
             path += f".{part}" if path else part
     return path or "(top level)"
