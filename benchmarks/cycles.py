@@ -1,0 +1,255 @@
+"""Collection cycles measured in-process: the first one, the steady ones, and the SQL floor.
+
+The exporter's ``StoreCollector`` runs here, in the benchmark's process, so that every
+statement it sends can be timed (a SQLAlchemy event) and replayed, with the same parameters,
+through the bare driver: that replay is the *floor*, the cost of the same aggregates with no
+exporter around them. Between steady cycles the store receives a trickle of new rows, as a
+live sync engine writes them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from benchmarks import pglog
+from benchmarks.stores import Store, pg_connect
+from exporter.collection import StoreCollector
+from exporter.config import StoreConfig
+
+GAUGE_KINDS = frozenset({"clock", "backlog"})
+
+
+def classify(sql: str) -> str:
+    """What a statement of the exporter is for, from its text (as sent, or as logged)."""
+    text = " ".join(sql.lower().split())
+    if text in ("begin", "commit", "rollback", "select 1") or text.startswith(
+        ("set ", "show ", "savepoint", "release", "select pg_catalog.version", "select current_")
+    ):
+        return "session"
+    if "sync_queue" in text:
+        return "backlog"
+    table = "history" if "sync_history" in text else "errors" if "sync_error" in text else None
+    if table is None:
+        return "clock" if "clock_timestamp" in text or "julianday" in text else "other"
+    if "max(" in text:
+        return f"{table}: newest id"
+    if "le_0" in text:
+        return f"{table}: startup aggregate"
+    if "group by" in text and ">=" in text:
+        return "last hour"
+    if "group by" in text:
+        return f"{table}: startup aggregate"
+    if " between " in text:
+        return f"{table}: gap probe"
+    if "order by" in text:
+        return f"{table}: new rows"
+    return f"{table}: other"
+
+
+@dataclass(frozen=True)
+class Statement:
+    kind: str
+    seconds: float
+    sql: str
+    parameters: Any
+
+
+class StatementRecorder:
+    """Times every statement an engine sends, as its client sees it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.statements: list[Statement] = []
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+
+    def _before(self, connection: Any, *_args: Any) -> None:
+        connection.info["benchmark_started"] = time.perf_counter()
+
+    def _after(
+        self,
+        connection: Any,
+        _cursor: Any,
+        statement: str,
+        parameters: Any,
+        _context: Any,
+        _executemany: bool,
+    ) -> None:
+        seconds = time.perf_counter() - connection.info.pop("benchmark_started")
+        self.statements.append(Statement(classify(statement), seconds, statement, parameters))
+
+    def take(self) -> list[Statement]:
+        taken, self.statements = self.statements, []
+        return taken
+
+
+@dataclass
+class Cycle:
+    """One collection cycle of the exporter, and the same statements replayed bare."""
+
+    wall: float
+    cpu: float
+    steps: dict[str, float]
+    statements: list[Statement]
+    db_ms: float | None = None
+    db_kinds: dict[str, float] = field(default_factory=dict)
+    floor_wall: float | None = None
+    floor_gauges: float | None = None
+    floor_db_ms: float | None = None
+
+    @property
+    def gauges(self) -> float:
+        """The exporter's gauge step: the database clock and the backlog, rows mapped."""
+        return self.steps.get("backlog", float("nan"))
+
+    def client_kinds(self) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        for statement in self.statements:
+            totals[statement.kind] += statement.seconds
+        return dict(totals)
+
+
+class Floor:
+    """The same statements through the bare driver, in one transaction, rows fetched."""
+
+    def __init__(self, store: Store) -> None:
+        self.dialect = store.dialect
+        self.connection: Any
+        if store.dialect == "postgresql":
+            self.connection = pg_connect(store.url, autocommit=False, log_statements=True)
+        else:
+            path = store.url.removeprefix("sqlite:///")
+            self.connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    def replay(self, statements: Sequence[Statement]) -> tuple[float, float]:
+        """Seconds for all statements, and for those behind the gauges."""
+        gauges = 0.0
+        started = time.perf_counter()
+        for statement in statements:
+            began = time.perf_counter()
+            cursor = self.connection.execute(statement.sql, statement.parameters)
+            cursor.fetchall()
+            if statement.kind in GAUGE_KINDS:
+                gauges += time.perf_counter() - began
+        self.connection.commit()
+        return time.perf_counter() - started, gauges
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@dataclass
+class Collection:
+    """Everything measured in-process for one store."""
+
+    first: list[Cycle] = field(default_factory=list)
+    steady: list[Cycle] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """Rows written between two steady cycles: one 15 s interval at ten million rows a month."""
+
+    history: int = 60
+    errors: int = 3
+    pending: int = 60
+
+
+class _Marks:
+    """Cuts the PostgreSQL server log into one segment per measured cycle."""
+
+    def __init__(self, store: Store, server_log: pglog.ServerLog | None) -> None:
+        self.log = server_log
+        self.connection: Any = None
+        if server_log is not None and store.dialect == "postgresql":
+            self.connection = pg_connect(store.url, log_statements=True)
+            server_log.start()
+
+    def mark(self, label: str) -> None:
+        if self.connection is not None:
+            pglog.mark(self.connection, label)
+
+    def segments(self) -> dict[str, pglog.Segment]:
+        if self.connection is None or self.log is None:
+            return {}
+        self.mark("end")
+        return self.log.segments()
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+
+def _run_cycle(collector: StoreCollector, recorder: StatementRecorder) -> Cycle:
+    recorder.take()
+    cpu = time.process_time()
+    started = time.perf_counter()
+    collector.collect()
+    wall = time.perf_counter() - started
+    return Cycle(
+        wall=wall,
+        cpu=time.process_time() - cpu,
+        steps=dict(collector.query_seconds),
+        statements=recorder.take(),
+    )
+
+
+def measure_collection(
+    store: Store,
+    config: StoreConfig,
+    *,
+    first_runs: int,
+    steady_cycles: int,
+    trickle: Trickle,
+    server_log: pglog.ServerLog | None,
+    progress: Callable[[str], None],
+) -> Collection:
+    """First collections (each by a new collector), then steady cycles with floor replays."""
+    result = Collection()
+    marks = _Marks(store, server_log)
+    floor = Floor(store)
+    floor_pid = floor.connection.info.backend_pid if store.dialect == "postgresql" else -1
+    try:
+        for run in range(first_runs):
+            collector = StoreCollector(config)
+            recorder = StatementRecorder(collector.engine)
+            marks.mark(f"first.{run}")
+            result.first.append(_run_cycle(collector, recorder))
+            marks.mark("idle")
+            progress(f"first collection {run + 1}/{first_runs}: {result.first[-1].wall:.3f}s")
+            if run < first_runs - 1:
+                collector.close()
+        for cycle_index in range(steady_cycles):
+            store.trickle(trickle.history, trickle.errors, trickle.pending)
+            marks.mark(f"steady.{cycle_index}")
+            cycle = _run_cycle(collector, recorder)
+            marks.mark(f"floor.{cycle_index}")
+            cycle.floor_wall, cycle.floor_gauges = floor.replay(cycle.statements)
+            marks.mark("idle")
+            result.steady.append(cycle)
+        collector.close()
+        segments = marks.segments()
+        for label, cycles in (("first", result.first), ("steady", result.steady)):
+            for index, cycle in enumerate(cycles):
+                segment = segments.get(f"{label}.{index}")
+                if segment is None:
+                    continue
+                cycle.db_ms = segment.milliseconds()
+                kinds: dict[str, float] = defaultdict(float)
+                for entry in segment.entries:
+                    kinds[classify(entry.text)] += entry.milliseconds
+                cycle.db_kinds = dict(kinds)
+                floor_segment = segments.get(f"floor.{index}")
+                if label == "steady" and floor_segment is not None:
+                    cycle.floor_db_ms = floor_segment.by_pid().get(floor_pid, 0.0)
+    finally:
+        floor.close()
+        marks.close()
+    return result
