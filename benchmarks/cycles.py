@@ -162,14 +162,14 @@ class Trickle:
     pending: int = 60
 
 
-class _Marks:
-    """Cuts the PostgreSQL server log into one segment per measured cycle."""
+class Marks:
+    """Cuts the PostgreSQL server log into one segment per measured cycle (no-op elsewhere)."""
 
-    def __init__(self, store: Store, server_log: pglog.ServerLog | None) -> None:
+    def __init__(self, url: str | None, server_log: pglog.ServerLog | None) -> None:
         self.log = server_log
         self.connection: Any = None
-        if server_log is not None and store.dialect == "postgresql":
-            self.connection = pg_connect(store.url, log_statements=True)
+        if server_log is not None and url is not None:
+            self.connection = pg_connect(url, log_statements=True)
             server_log.start()
 
     def mark(self, label: str) -> None:
@@ -201,44 +201,54 @@ def _run_cycle(collector: StoreCollector, recorder: StatementRecorder) -> Cycle:
     )
 
 
-def measure_collection(
-    store: Store,
-    config: StoreConfig,
-    *,
-    first_runs: int,
-    steady_cycles: int,
-    trickle: Trickle,
-    server_log: pglog.ServerLog | None,
-    progress: Callable[[str], None],
-) -> Collection:
-    """First collections (each by a new collector), then steady cycles with floor replays."""
-    result = Collection()
-    marks = _Marks(store, server_log)
-    floor = Floor(store)
-    floor_pid = floor.connection.info.backend_pid if store.dialect == "postgresql" else -1
-    try:
-        for run in range(first_runs):
-            collector = StoreCollector(config)
-            recorder = StatementRecorder(collector.engine)
-            marks.mark(f"first.{run}")
-            result.first.append(_run_cycle(collector, recorder))
-            marks.mark("idle")
-            progress(f"first collection {run + 1}/{first_runs}: {result.first[-1].wall:.3f}s")
-            if run < first_runs - 1:
-                collector.close()
-        for cycle_index in range(steady_cycles):
-            store.trickle(trickle.history, trickle.errors, trickle.pending)
-            marks.mark(f"steady.{cycle_index}")
-            cycle = _run_cycle(collector, recorder)
-            marks.mark(f"floor.{cycle_index}")
-            cycle.floor_wall, cycle.floor_gauges = floor.replay(cycle.statements)
-            marks.mark("idle")
-            result.steady.append(cycle)
-        collector.close()
-        segments = marks.segments()
-        for label, cycles in (("first", result.first), ("steady", result.steady)):
+class Session:
+    """The in-process measurements of one store; steady cycles of several stores interleave."""
+
+    def __init__(self, name: str, store: Store, config: StoreConfig, marks: Marks) -> None:
+        self.name = name
+        self.store = store
+        self.config = config
+        self.marks = marks
+        self.result = Collection()
+        self.floor = Floor(store)
+        self._floor_pid = (
+            self.floor.connection.info.backend_pid if store.dialect == "postgresql" else -1
+        )
+        self._collector: StoreCollector | None = None
+        self._recorder: StatementRecorder | None = None
+
+    def first(self, runs: int, progress: Callable[[str], None]) -> None:
+        """``runs`` first collections, each by a new collector (new connection, start-up reads)."""
+        for run in range(runs):
+            if self._collector is not None:
+                self._collector.close()
+            self._collector = StoreCollector(self.config)
+            self._recorder = StatementRecorder(self._collector.engine)
+            self.marks.mark(f"{self.name}.first.{run}")
+            self.result.first.append(_run_cycle(self._collector, self._recorder))
+            self.marks.mark("idle")
+            progress(f"first collection {run + 1}/{runs}: {self.result.first[-1].wall:.3f}s")
+
+    def steady(self, index: int, trickle: Trickle) -> None:
+        """A trickle, one steady cycle, then the same statements through the bare driver."""
+        assert self._collector is not None
+        assert self._recorder is not None
+        self.store.trickle(trickle.history, trickle.errors, trickle.pending)
+        self.marks.mark(f"{self.name}.steady.{index}")
+        cycle = _run_cycle(self._collector, self._recorder)
+        self.marks.mark(f"{self.name}.floor.{index}")
+        cycle.floor_wall, cycle.floor_gauges = self.floor.replay(cycle.statements)
+        self.marks.mark("idle")
+        self.result.steady.append(cycle)
+
+    def finish(self, segments: dict[str, pglog.Segment]) -> Collection:
+        """Close the connections; attach the server's times from the log ``segments``."""
+        if self._collector is not None:
+            self._collector.close()
+        self.floor.close()
+        for label, cycles in (("first", self.result.first), ("steady", self.result.steady)):
             for index, cycle in enumerate(cycles):
-                segment = segments.get(f"{label}.{index}")
+                segment = segments.get(f"{self.name}.{label}.{index}")
                 if segment is None:
                     continue
                 cycle.db_ms = segment.milliseconds()
@@ -246,10 +256,7 @@ def measure_collection(
                 for entry in segment.entries:
                     kinds[classify(entry.text)] += entry.milliseconds
                 cycle.db_kinds = dict(kinds)
-                floor_segment = segments.get(f"floor.{index}")
+                floor_segment = segments.get(f"{self.name}.floor.{index}")
                 if label == "steady" and floor_segment is not None:
-                    cycle.floor_db_ms = floor_segment.by_pid().get(floor_pid, 0.0)
-    finally:
-        floor.close()
-        marks.close()
-    return result
+                    cycle.floor_db_ms = floor_segment.by_pid().get(self._floor_pid, 0.0)
+        return self.result

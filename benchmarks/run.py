@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -397,46 +397,74 @@ def benchmark(
     results = Results(machine=machine(postgres), command=command)
     peer_command = peer.ensure_installed(peer_venv, progress) if with_peer and postgres else None
     for factory, stages in ((postgres, plan.stages), (sqlite, plan.sqlite_stages)):
-        if factory is None:
-            continue
-        for size in stages:
-            with factory(size) as (store, reused):
-                progress(f"{store.dialect} {size.label}: {'reusing' if reused else 'loading'}")
-                loaded = time.perf_counter()
-                if not reused:
-                    store.fill(size, lambda message: progress(f"  {message}"))
-                load_seconds = time.perf_counter() - loaded
-                config = store_config(store.url)
-                collection = cycles.measure_collection(
-                    store,
-                    config,
-                    first_runs=plan.first_runs,
-                    steady_cycles=plan.steady_cycles,
-                    trickle=cycles.Trickle(),
-                    server_log=factory.server_log,
-                    progress=lambda message: progress(f"  {message}"),
-                )
-                peer_result = None
-                if peer_command is not None and store.dialect == "postgresql":
-                    peer_result = peer.measure_peer(
-                        peer_command,
-                        store,
-                        plan.peer_cycles,
-                        partial(store.trickle, **asdict(cycles.Trickle())),
-                        factory.server_log,
-                        lambda message: progress(f"  {message}"),
-                    )
-                summary = summarize_stage(
-                    store.dialect, size, collection, load_seconds, peer_result
-                )
-                results.stages.append(summary)
-                progress("  " + report.stage_line(summary))
-                if size == plan.serve_stage and results.serve is None:
-                    results.serve = measure_serving(
-                        store, plan, lambda message: progress(f"  {message}")
-                    )
+        if factory is not None and stages:
+            measure_database(plan, factory, stages, peer_command, results, progress)
     results.elapsed = time.perf_counter() - started
     return results
+
+
+def measure_database(
+    plan: Plan,
+    factory: Any,
+    stages: Sequence[Size],
+    peer_command: Path | None,
+    results: Results,
+    progress: Callable[[str], None],
+) -> None:
+    """Every store of one database: loaded side by side, so that their steady cycles can take
+    turns (ratios between sizes then come from the same minutes of the same machine)."""
+
+    def indented(message: str) -> None:
+        progress(f"  {message}")
+
+    with ExitStack() as stack:
+        opened: list[tuple[Size, Store, float]] = []
+        for size in stages:
+            store, reused = stack.enter_context(factory(size))
+            progress(f"{store.dialect} {size.label}: {'reusing' if reused else 'loading'}")
+            loaded = time.perf_counter()
+            if not reused:
+                store.fill(size, indented)
+            opened.append((size, store, time.perf_counter() - loaded))
+        first_store = opened[0][1]
+        url = first_store.url if first_store.dialect == "postgresql" else None
+        marks = cycles.Marks(url, factory.server_log)
+        sessions: list[cycles.Session] = []
+        try:
+            for size, store, _ in opened:
+                progress(f"{store.dialect} {size.label}: first collections")
+                session = cycles.Session(size.key, store, store_config(store.url), marks)
+                sessions.append(session)
+                session.first(plan.first_runs, indented)
+            progress(
+                f"{first_store.dialect}: {plan.steady_cycles} steady cycles per store, in turn"
+            )
+            for index in range(plan.steady_cycles):
+                for session in sessions:
+                    session.steady(index, cycles.Trickle())
+            segments = marks.segments()
+        finally:
+            marks.close()
+        collections = [session.finish(segments) for session in sessions]
+        for (size, store, load_seconds), collection in zip(opened, collections, strict=True):
+            peer_result = None
+            if peer_command is not None and store.dialect == "postgresql":
+                progress(f"{store.dialect} {size.label}: query-exporter")
+                peer_result = peer.measure_peer(
+                    peer_command,
+                    store,
+                    plan.peer_cycles,
+                    partial(store.trickle, **asdict(cycles.Trickle())),
+                    factory.server_log,
+                    indented,
+                )
+            summary = summarize_stage(store.dialect, size, collection, load_seconds, peer_result)
+            results.stages.append(summary)
+            progress(f"{store.dialect} {size.label}: " + report.stage_line(summary))
+        for size, store, _ in opened:
+            if size == plan.serve_stage and results.serve is None:
+                progress(f"{store.dialect} {size.label}: the exporter process, scraped")
+                results.serve = measure_serving(store, plan, indented)
 
 
 def machine(postgres: Any | None) -> dict[str, str]:
