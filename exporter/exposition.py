@@ -189,6 +189,10 @@ class Exposition:
                 texts = [self._text(written, metric, form)[0] for metric in families]
                 ids = tuple(id(metric) for metric in families)
                 with written.lock:
+                    # Forget what neither this collection nor the one still served wrote:
+                    # render() prunes only the slot it serves, and none may serve this one.
+                    for stale in written.texts.keys() - written.pinned - set(ids):
+                        del written.texts[stale]
                     written.pinned = frozenset(ids)
                 self._deflated(written, ids, texts)
         except Exception:
