@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection, Row, and_
 
 from exporter.queries import ChangeFeedQueries
 
@@ -35,6 +35,9 @@ AnyRow = Row[*tuple[Any, ...]]
 # On start, rows with ids this close to the newest are read one by one, so that
 # transactions still open at that moment leave gaps that are watched.
 STARTUP_TAIL_IDS = 10_000
+# The start-up totals are read a slice of ids at a time: ten million rows take seconds to read,
+# and one statement over all of them would outlast the query timeout on a large store.
+STARTUP_SLICE_IDS = 1_000_000
 PAGE_ROWS = 20_000
 GAP_RANGES_PER_QUERY = 200
 MAX_OPEN_GAPS = 10_000
@@ -131,8 +134,13 @@ class IdFeed:
         self.gaps = GapSet()
         settled = max(0, (newest or 0) - STARTUP_TAIL_IDS)
         if settled > 0:
-            for row in connection.execute(self._queries.aggregate(self._queries.id <= settled)):
-                self._sink.add_aggregate(row)
+            low = int(connection.execute(self._queries.min_id()).scalar() or 1) - 1
+            while low < settled:
+                high = min(settled, low + STARTUP_SLICE_IDS)
+                id_range = and_(self._queries.id > low, self._queries.id <= high)
+                for row in connection.execute(self._queries.aggregate(id_range)):
+                    self._sink.add_aggregate(row)
+                low = high
         self._last_id = settled
 
     def _probe_gaps(self, connection: Connection) -> None:

@@ -62,6 +62,9 @@ class ChangeFeedQueries:
     def max_id(self) -> Select[Any]:
         return self.filtered(select(func.max(self.id)).select_from(self.source))
 
+    def min_id(self) -> Select[Any]:
+        return self.filtered(select(func.min(self.id)).select_from(self.source))
+
     def aggregate(self, condition: ColumnElement[bool]) -> Select[Any]:
         """Counts per raw label set for the rows matching ``condition``.
 
