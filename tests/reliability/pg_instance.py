@@ -24,7 +24,8 @@ SUPERUSER = "postgres"
 SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "fsync": "off",
-    "synchronous_commit": "off",
+    # On: a crash (immediate stop) must not lose commits the exporter has already counted.
+    "synchronous_commit": "on",
     "full_page_writes": "off",
     "shared_buffers": "'32MB'",
     "max_connections": "60",
