@@ -119,7 +119,8 @@ class Watchdog:
 
     The server ends slow statements itself; this bounds what it cannot: a network that
     goes silent mid-statement, where a driver without a read timeout waits forever.
-    One thread per store, whatever the number of cycles.
+    Its thread lives only while a cycle runs: at most one per store, and nothing that
+    keeps an idle collector alive.
     """
 
     def __init__(self, silence: float, abort: Callable[[], None], name: str) -> None:
@@ -149,6 +150,7 @@ class Watchdog:
     def disarm(self) -> None:
         with self._wake:
             self._deadline = None
+            self._wake.notify()
 
     def close(self) -> None:
         with self._wake:
@@ -157,10 +159,7 @@ class Watchdog:
 
     def _watch(self) -> None:
         with self._wake:
-            while not self._closed:
-                if self._deadline is None:
-                    self._wake.wait()
-                    continue
+            while not self._closed and self._deadline is not None:
                 remaining = self._deadline - time.monotonic()
                 if remaining > 0:
                     self._wake.wait(remaining)
@@ -168,6 +167,7 @@ class Watchdog:
                 self._deadline = None
                 self.fired = True
                 self._abort()
+            self._thread = None  # under the lock: arm() starts a new one when needed
 
 
 class LastHourCache:

@@ -7,10 +7,12 @@ summarised in RELIABILITY.md.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -386,3 +388,22 @@ def test_a_missing_column_names_it(store_url: str, caplog: pytest.LogCaptureFixt
     assert any(r.__dict__.get("store") == "main" for r in caplog.records)
     runner.collector.close()
     engine.dispose()
+
+
+def test_cycles_leave_no_thread_and_no_collector_behind(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = sa.create_engine(url)
+    create_reference_schema(engine)
+    add_history(engine, 10)
+    engine.dispose()
+    runner = runner_for(url, name="short-lived")
+    for _ in range(20):
+        assert runner.run_once().last_error is None
+    deadline = time.monotonic() + 2.0
+    while any(t.name == "watchdog-short-lived" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the watchdog thread outlived its cycle"
+        time.sleep(0.01)
+    collector = weakref.ref(runner.collector)
+    del runner
+    gc.collect()
+    assert collector() is None, "something still holds the collector (and its connections)"
