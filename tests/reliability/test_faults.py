@@ -235,7 +235,7 @@ def test_a_locked_table_times_out_on_the_server_while_scrapes_stay_fast(
     admin.dispose()
 
     report("locked table: slowest scrape while blocked", slowest_scrape)
-    assert slowest_scrape < 0.5
+    assert slowest_scrape < 1.0
     assert up(during) == 0.0
     assert max(exporter_sessions) <= 1, exporter_sessions
     assert max(threads) <= threads_before + 1, (threads_before, threads)
@@ -285,7 +285,7 @@ def proxied(pg_store: PgStore) -> Iterator[tuple[TcpProxy, str]]:
 QUERY_TIMEOUT = 1.0
 # The watchdog's silence (2 x query_timeout + 2 s), then one reconnection attempt, whose
 # connect_timeout psycopg raises to at least 2 s.
-STALL_BOUND = 2 * QUERY_TIMEOUT + 2.0 + 2.0 + 1.0
+STALL_BOUND = 2 * QUERY_TIMEOUT + 2.0 + 2.0 + 2.0
 
 
 def timed_cycle(runner: Any) -> tuple[float, Any]:
