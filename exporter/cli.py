@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config_file)
     web_config = load_web_config(args.web_config_file) if args.web_config_file else WebConfig()
     if args.config_check:
+        # Building the engines (without connecting) also checks drivers and password sources.
+        for runner in build_runners(config):
+            runner.collector.close()
         names = ", ".join(store.name for store in config.stores)
         print(f"{args.config_file}: valid, {len(config.stores)} store(s): {names}")
         return 0

@@ -153,10 +153,12 @@ def test_config_check_rejects_a_bad_file_without_a_traceback(tmp_path: Path) -> 
     assert str(path) in result.stderr
 
 
-def test_a_database_without_a_driver_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("check", [True, False])
+def test_a_database_without_a_driver_is_named(tmp_path: Path, check: bool) -> None:
     path = tmp_path / "oracle.yml"
     path.write_text("stores: [{name: main, url: 'nosuchdb://u@h/db'}]\n")
-    result = run_cli("--config.file", str(path), "--web.listen-address", "127.0.0.1:0")
+    mode = ["--config.check"] if check else ["--web.listen-address", "127.0.0.1:0"]
+    result = run_cli("--config.file", str(path), *mode)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "stores[0].url" in result.stderr

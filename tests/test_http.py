@@ -77,6 +77,10 @@ def exporter_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(base + "/-/healthy")
+        deadline = time.monotonic() + 20
+        while b'crmsync_up{store="main"} 1.0' not in request(base + "/metrics")[2]:
+            assert time.monotonic() < deadline, "the first collection did not succeed"
+            time.sleep(0.1)
         yield base
     finally:
         process.terminate()
