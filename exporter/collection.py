@@ -206,9 +206,21 @@ class StoreCollector:
         self._errors = _ErrorSink(self.labels)
         self._feeds: list[IdFeed | MomentFeed]
         if self.queries.append_only:
+            # Start-up slices aim at a quarter of the query timeout, whatever the database's speed.
+            slice_seconds = config.query_timeout / 4
             self._feeds = [
-                IdFeed(self.queries.history, self._history, config.settle_time),
-                IdFeed(self.queries.errors, self._errors, config.settle_time),
+                IdFeed(
+                    self.queries.history,
+                    self._history,
+                    config.settle_time,
+                    slice_seconds=slice_seconds,
+                ),
+                IdFeed(
+                    self.queries.errors,
+                    self._errors,
+                    config.settle_time,
+                    slice_seconds=slice_seconds,
+                ),
             ]
         else:
             self._feeds = [

@@ -36,8 +36,11 @@ AnyRow = Row[*tuple[Any, ...]]
 # transactions still open at that moment leave gaps that are watched.
 STARTUP_TAIL_IDS = 10_000
 # The start-up totals are read a slice of ids at a time: ten million rows take seconds to read,
-# and one statement over all of them would outlast the query timeout on a large store.
-STARTUP_SLICE_IDS = 1_000_000
+# and one statement over all of them would outlast the query timeout on a large store. Each
+# slice is sized from the speed of the one before, to take ``slice_seconds``.
+STARTUP_SLICE_IDS = 100_000
+"""The first slice."""
+STARTUP_SLICE_LIMITS = (10_000, 10_000_000)
 PAGE_ROWS = 20_000
 GAP_RANGES_PER_QUERY = 200
 MAX_OPEN_GAPS = 10_000
@@ -107,11 +110,13 @@ class IdFeed:
         sink: FeedSink,
         settle_time: float,
         clock: Callable[[], float] = time.monotonic,
+        slice_seconds: float = 2.5,
     ) -> None:
         self._queries = queries
         self._sink = sink
         self._settle_time = settle_time
         self._clock = clock
+        self._slice_seconds = slice_seconds
         self._last_id: int | None = None
         self.gaps = GapSet()
 
@@ -135,11 +140,14 @@ class IdFeed:
         settled = max(0, (newest or 0) - STARTUP_TAIL_IDS)
         if settled > 0:
             low = int(connection.execute(self._queries.min_id()).scalar() or 1) - 1
+            size = STARTUP_SLICE_IDS
             while low < settled:
-                high = min(settled, low + STARTUP_SLICE_IDS)
+                high = min(settled, low + size)
                 id_range = and_(self._queries.id > low, self._queries.id <= high)
+                started = time.monotonic()
                 for row in connection.execute(self._queries.aggregate(id_range)):
                     self._sink.add_aggregate(row)
+                size = _next_slice(size, time.monotonic() - started, self._slice_seconds)
                 low = high
         self._last_id = settled
 
@@ -198,6 +206,15 @@ class MomentFeed:
         # Keep a second's margin: the SQL bound and these floats may round differently.
         horizon = self._since.replace(tzinfo=UTC).timestamp() - 1.0
         self._seen = {key: moment for key, moment in self._seen.items() if moment >= horizon}
+
+
+def _next_slice(size: int, seconds: float, target: float) -> int:
+    """Ids for the next start-up slice: ``target`` seconds at the last one's speed."""
+    if seconds <= 0:
+        return min(size * 4, STARTUP_SLICE_LIMITS[1])
+    wanted = int(size * target / seconds)
+    low, high = STARTUP_SLICE_LIMITS
+    return max(low, min(high, size * 4, max(size // 4, wanted)))
 
 
 def utc_datetime(epoch: float) -> datetime:

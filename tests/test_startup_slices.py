@@ -26,9 +26,10 @@ def test_start_up_totals_read_in_many_slices_equal_the_stores_counts(
     create_reference_schema(engine)
     add_history(engine, 1_000)
     add_errors(engine, 300)
-    # 1,000 rows, the newest 100 read one by one: the rest in slices of 37 ids, and ragged.
+    # 1,000 rows, the newest 100 read one by one: the rest in slices of 37 ids (ragged at the end).
     monkeypatch.setattr(feeds, "STARTUP_TAIL_IDS", 100)
     monkeypatch.setattr(feeds, "STARTUP_SLICE_IDS", 37)
+    monkeypatch.setattr(feeds, "STARTUP_SLICE_LIMITS", (37, 37))
 
     result = collect(runner_for(store_url))
 
