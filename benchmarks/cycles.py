@@ -216,6 +216,8 @@ class Session:
         )
         self._collector: StoreCollector | None = None
         self._recorder: StatementRecorder | None = None
+        self.error: str | None = None
+        """Why a cycle of this store failed (the store is then left out)."""
 
     def first(self, runs: int, progress: Callable[[str], None]) -> None:
         """``runs`` first collections, each by a new collector (new connection, start-up reads)."""

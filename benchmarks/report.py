@@ -293,6 +293,10 @@ def render(results: dict[str, Any]) -> str:
                 ]
             ],
         )
+    failed = [stage for stage in stages if stage.get("error")]
+    if failed:
+        lines += ["", "### Failures", ""]
+        lines += [f"- {s['dialect']}, {s['label']}: {s['error']}" for s in failed]
     lines += ["", END]
     return "\n".join(lines)
 

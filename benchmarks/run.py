@@ -435,13 +435,15 @@ def measure_database(
                 progress(f"{store.dialect} {size.label}: first collections")
                 session = cycles.Session(size.key, store, store_config(store.url), marks)
                 sessions.append(session)
-                session.first(plan.first_runs, indented)
+                _guarded(session, partial(session.first, plan.first_runs, indented), progress)
             progress(
                 f"{first_store.dialect}: {plan.steady_cycles} steady cycles per store, in turn"
             )
             for index in range(plan.steady_cycles):
                 for session in sessions:
-                    session.steady(index, cycles.Trickle())
+                    if session.error is None:
+                        step = partial(session.steady, index, cycles.Trickle())
+                        _guarded(session, step, progress)
             segments = marks.segments()
         finally:
             marks.close()
@@ -459,12 +461,24 @@ def measure_database(
                     indented,
                 )
             summary = summarize_stage(store.dialect, size, collection, load_seconds, peer_result)
+            summary["error"] = next(s.error for s in sessions if s.name == size.key)
             results.stages.append(summary)
             progress(f"{store.dialect} {size.label}: " + report.stage_line(summary))
         for size, store, _ in opened:
             if size == plan.serve_stage and results.serve is None:
                 progress(f"{store.dialect} {size.label}: the exporter process, scraped")
                 results.serve = measure_serving(store, plan, indented)
+
+
+def _guarded(
+    session: cycles.Session, step: Callable[[], None], progress: Callable[[str], None]
+) -> None:
+    """Run a measuring step; a failure is recorded against the store, the run goes on."""
+    try:
+        step()
+    except Exception as error:  # a failed collection is a result too
+        session.error = f"{error.__class__.__name__}: {str(error).splitlines()[0]}"
+        progress(f"  {session.name}: failed: {session.error}")
 
 
 def machine(postgres: Any | None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from exporter import __version__
+from exporter import __version__, allocator
 from exporter.collection import StoreCollector
 from exporter.config import Config, ConfigError, load_config
 from exporter.dialects import UnsupportedDatabaseError
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     # milliseconds. Handing the interpreter over every millisecond rather than every five
     # keeps scrapes from queueing behind it.
     sys.setswitchinterval(0.001)
+    allocator.limit_arenas()
     for runner, store in zip(runners, config.stores, strict=True):
         # Write each collection's metrics once, before any scrape asks for them.
         runner.after_cycle = functools.partial(server.exposition.refresh, store_metrics)

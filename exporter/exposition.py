@@ -25,6 +25,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from exporter import allocator
+
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _FAST_ESCAPINGS = frozenset({"underscores", "allow-utf-8"})
@@ -197,6 +199,8 @@ class Exposition:
                 self._deflated(written, ids, texts)
         except Exception:
             log.exception("writing the metrics failed")
+        # The previous collection's families are garbage now: give their pages back.
+        allocator.trim()
 
     def render(self, accept: str, gzip: bool) -> tuple[bytes, str, bool]:
         """(body, content type, whether the body is gzip-compressed)."""
