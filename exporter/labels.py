@@ -39,11 +39,6 @@ class CappedLabel:
             self._folded.add(value)
         return OTHER
 
-    def reserve(self, values: Iterable[str]) -> None:
-        """Claim places for ``values`` in this order before anything else is seen."""
-        for value in values:
-            self(value)
-
     @property
     def folded(self) -> int:
         """How many distinct values were folded into ``other``."""

@@ -65,10 +65,6 @@ class Histogram(Generic[Key]):
         self._buckets[key][index] += count
         self._sums[key] += max(seconds, 0.0)
 
-    def touch(self, key: Key) -> None:
-        """Make ``key`` present with no observations (zero-filled series)."""
-        _ = self._buckets[key]
-
     def values(self) -> dict[Key, HistogramValue]:
         result: dict[Key, HistogramValue] = {}
         for key, buckets in self._buckets.items():
@@ -93,9 +89,6 @@ class Counter(Generic[Key]):
 
     def add(self, key: Key, amount: int = 1) -> None:
         self._counts[key] += amount
-
-    def touch(self, key: Key) -> None:
-        _ = self._counts[key]
 
     def values(self) -> dict[Key, int]:
         return dict(self._counts)
