@@ -1,0 +1,104 @@
+// Runs dashboards through Grafana's frontend code and prints what it did, as JSON.
+//
+// stdin: {"datasources": [...], "dashboards": [...], "runs": [{"dashboard": <index>, "url":
+// "var-object=lead&...", "from": ms, "to": ms, "answers": {...}, "prometheus": url, "labels":
+// {...}}]}. For each run the dashboard's variables take their state from the URL (as a link or
+// a reload would give it), every panel's queries run through scenes and the datasources'
+// frontend code, and the queries that reach the server are reported; with answers, the
+// answered frames go on through the datasource, the panel's transformations and field config.
+import './node-env.js';
+
+import { sceneGraph } from '@grafana/scenes';
+
+import { applyFieldConfig, inspectCsv, tableView } from './panel.js';
+import { buildScene, runScene } from './scene.js';
+import { resetDatasources, startGrafana } from './services.js';
+
+/* global GRAFANA_VERSIONS */
+
+function variableStates(variables) {
+  return Object.fromEntries(
+    variables.map((variable) => [
+      variable.state.name,
+      {
+        type: variable.state.type,
+        // The state, not getValue(): "All" with a custom all value is an object there.
+        value: variable.state.value ?? null,
+        text: variable.state.text ?? null,
+        options: variable.state.options?.map((option) => option.value) ?? null,
+        url: variable.urlSync?.getUrlState() ?? null,
+      },
+    ])
+  );
+}
+
+function errorsOf(data) {
+  return (data?.errors ?? []).map((error) => error.message ?? String(error));
+}
+
+function panelResult({ panel, runner, transformer }, requests, { scene, view }) {
+  const queryData = runner.state.data;
+  const data = transformer.state.data;
+  const replaceVariables = (value, scopedVars, format) => sceneGraph.interpolate(runner, value, scopedVars, format);
+  const timeZone = sceneGraph.getTimeRange(scene).getTimeZone();
+  const result = {
+    id: panel.id,
+    title: panel.title,
+    type: panel.type,
+    requests: requests.filter((request) => String(request.panel) === String(panel.id)).map((r) => r.body),
+    state: data.state,
+    errors: [...new Set([...errorsOf(queryData), ...errorsOf(data)])],
+    frames: data.series.map((frame) => ({
+      refId: frame.refId,
+      length: frame.length,
+      fields: frame.fields.map((field) => field.name),
+    })),
+  };
+  if (view) {
+    const options = { replaceVariables, timeZone };
+    result.table = tableView(applyFieldConfig(data.series, panel, options));
+    result.csv = inspectCsv(queryData.series, panel, options);
+  }
+  return result;
+}
+
+async function run(request, dashboards, server) {
+  const dashboard = dashboards[request.dashboard];
+  resetDatasources();
+  server.configure(request);
+  const built = buildScene(dashboard, request);
+  try {
+    await runScene(built);
+  } catch (error) {
+    return { dashboard: dashboard.uid, url: request.url, error: String(error?.message ?? error) };
+  }
+  return {
+    dashboard: dashboard.uid,
+    url: request.url,
+    variables: variableStates(built.variables),
+    panels: built.panels.map((panel) =>
+      panelResult(panel, server.requests, { scene: built.scene, view: Boolean(request.answers) })
+    ),
+  };
+}
+
+async function main() {
+  const chunks = [];
+  for await (const chunk of process.stdin) {
+    chunks.push(chunk);
+  }
+  const input = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  const server = startGrafana(input);
+  const runs = [];
+  for (const request of input.runs) {
+    runs.push(await run(request, input.dashboards, server));
+  }
+  process.stdout.write(JSON.stringify({ grafana: GRAFANA_VERSIONS, runs }));
+  // Scenes leaves timers behind (refresh pickers, lazy loaders); the answer is complete.
+  process.exit(0);
+}
+
+main().catch((error) => {
+  process.stderr.write(`${error?.stack ?? error}\n`);
+  process.exit(1);
+});
