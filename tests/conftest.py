@@ -6,6 +6,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,32 +50,50 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
+@contextmanager
+def postgres_schema() -> Iterator[str]:
     """A URL whose search_path is a schema of its own, dropped afterwards."""
     admin = _server_engine(POSTGRES_ADMIN, "PostgreSQL")
     schema = f"crmsync_t_{uuid.uuid4().hex[:10]}"
     with admin.begin() as connection:
         connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
     url = sa.make_url(POSTGRES_ADMIN).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
-@pytest.fixture
-def mariadb_url() -> Iterator[str]:
+@contextmanager
+def mariadb_database() -> Iterator[str]:
     """A URL naming a database of its own, dropped afterwards."""
     admin = _server_engine(MARIADB_ADMIN, "MariaDB")
     database = f"crmsync_t_{uuid.uuid4().hex[:10]}"
     with admin.begin() as connection:
         connection.execute(sa.text(f"CREATE DATABASE {database}"))
     url = sa.make_url(MARIADB_ADMIN).set(database=database)
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"DROP DATABASE {database}"))
-    admin.dispose()
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f"DROP DATABASE {database}"))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL whose search_path is a schema of its own, dropped afterwards."""
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A URL naming a database of its own, dropped afterwards."""
+    with mariadb_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])

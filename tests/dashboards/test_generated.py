@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import load_config
+from exporter.config import StoreConfig, load_config, parse_config
 from exporter.dashboards import build_dashboards, main, render
-from tests.dashboards.common import DASHBOARDS, REFERENCE_CONFIG
+from tests.dashboards.common import DASHBOARDS, REFERENCE_CONFIG, dashboards
+from tests.dashboards.test_sql import MAPPED as MAPPED_SINGLE_TABLE
 
 MAPPED = """
 stores:
@@ -94,3 +95,17 @@ def test_mistakes_are_reported_in_one_line(
     assert "histogram bucket" in capsys.readouterr().err
     assert main(["--config.file", str(tmp_path / "missing.yml"), "--out", out]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_reference_and_mapped_sql_differ_only_where_the_mapping_does() -> None:
+    def errors_sql(store: StoreConfig | None) -> str:
+        errors = dashboards(store)["crmsync-errors"]
+        panel = next(p for p in errors["panels"] if p["title"] == "Failed records")
+        return str(panel["targets"][0]["rawSql"])
+
+    mapped_store = parse_config(MAPPED_SINGLE_TABLE).stores[0]
+    reference = errors_sql(None)
+    mapped = errors_sql(mapped_store)
+    assert "state IN ('ERR')" in mapped
+    assert "WHEN lower(trim(op)) IN ('i', 'ins') THEN 'insert'" in mapped
+    assert "FROM sync_error" in reference

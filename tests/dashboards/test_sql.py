@@ -1,30 +1,53 @@
-"""The dashboards' SQL, expanded as Grafana expands it, on real PostgreSQL and MariaDB.
+"""The dashboards' SQL panels, run by Grafana's own frontend on real PostgreSQL and MariaDB.
 
-Every result is compared with what the rows written by the test say it must be, computed in
-Python: an independent answer, not a second copy of the SQL.
+Grafana's frontend code (scenes and the datasources', in two versions: grafana_frontend.py)
+takes each variable state from a dashboard URL, as a link or a reload gives it, and sends the
+panels' queries; grafana_server.py runs them as Grafana's server would; the frontend then makes
+the table a person sees and its CSV export. Every result is compared with rows computed in
+Python from the rows the test wrote: an independent answer, not a second copy of the SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects.mysql import DATETIME
 
 from exporter.config import StoreConfig, parse_config
-from exporter.dashboards import Options, SqlDialect, build_dashboards
+from exporter.dashboards import Json, Options, build_dashboards
 from exporter.schema import create_reference_schema, sync_error, sync_queue
-from tests.dashboards.common import dashboards, reference_store, sql_of
-from tests.dashboards.grafana import Context, Selection, TimeRange, render_sql, sqlstring
+from tests.dashboards.common import dashboards
+from tests.dashboards.grafana_frontend import (
+    SQL_PLUGINS,
+    VERSIONS,
+    Result,
+    Run,
+    datasources,
+    run_answered,
+)
+from tests.dashboards.grafana_server import Backends, SqlDialect, TimeRange, run_sql
+
+pytestmark = [pytest.mark.grafana_frontend, pytest.mark.postgres, pytest.mark.mariadb]
 
 OBJECTS = ("lead", "contact", "account", "opportunity")
 OPERATIONS = ("insert", "update")
 DIRECTIONS = ("to_crm", "from_crm")
-CODES = ("DUPLICATE_VALUE", "REQUEST_LIMIT_EXCEEDED", "INVALID_EMAIL_ADDRESS", "FIELD_INTEGRITY")
+# A code with every character that needs care on its way through a URL, PromQL and SQL.
+AWKWARD_CODE = "Q'UOTE\\BACK%PCT$DOLLAR:COLON_ÜBER"
+CODES = (
+    "DUPLICATE_VALUE",
+    "REQUEST_LIMIT_EXCEEDED",
+    "INVALID_EMAIL_ADDRESS",
+    "FIELD_INTEGRITY",
+    AWKWARD_CODE,
+)
 NAMES = (
     "O'Brien",
     'Anna "Nina" Berg',
@@ -35,10 +58,17 @@ NAMES = (
     None,
     "Plain Name",
 )
-# Microseconds on MariaDB too, as in the reference schema.
-TIMESTAMP = sa.DateTime().with_variant(DATETIME(fsp=6), "mysql", "mariadb")
+LONG_TAIL = " and then ".join(f"step {n} went wrong (état {n})" for n in range(12))
+TIMESTAMP = sa.DateTime().with_variant(sa.dialects.mysql.DATETIME(fsp=6), "mysql", "mariadb")
 ANCHOR = datetime(2026, 3, 2, 12, 0, 0)
-RANGE = TimeRange(ANCHOR - timedelta(hours=2), ANCHOR)
+RANGE = TimeRange(ANCHOR.replace(tzinfo=UTC) - timedelta(hours=2), ANCHOR.replace(tzinfo=UTC))
+LABELS = {
+    "store": ["main"],
+    "object": list(OBJECTS),
+    "operation": list(OPERATIONS),
+    "direction": list(DIRECTIONS),
+    "error_code": list(CODES),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +87,9 @@ class Failure:
 def failures() -> list[Failure]:
     rows = []
     for index in range(160):
+        message = f"attempt {index} failed: see record {index % 7}; it's 50% done"
+        if index % 16 == 3:
+            message += " " + LONG_TAIL
         rows.append(
             Failure(
                 id=index + 1,
@@ -67,49 +100,27 @@ def failures() -> list[Failure]:
                 record_name=NAMES[index % len(NAMES)],
                 operation=OPERATIONS[(index // 4) % 2],
                 direction=DIRECTIONS[(index // 8) % 2],
-                error_code=CODES[index % 3 if index % 10 else 3],
-                error_message=f"attempt {index} failed: see record {index % 7}; it's 50% done",
+                error_code=CODES[4 if index % 10 == 5 else index % 3 if index % 10 else 3],
+                error_message=message,
             )
         )
     return rows
 
 
-def pending(now: datetime) -> list[dict[str, Any]]:
-    rows = []
-    for index in range(40):
-        rows.append(
-            {
-                "object_type": OBJECTS[index % 4],
-                "record_id": f"Q{index:04d}",
-                "operation": OPERATIONS[(index // 4) % 2],
-                "direction": DIRECTIONS[(index // 8) % 2],
-                "enqueued_at": now - timedelta(minutes=5 * index + 1),
-            }
-        )
-    return rows
+COLUMNS = (
+    "time",
+    "object",
+    "record_id",
+    "record_name",
+    "operation",
+    "direction",
+    "error_code",
+    "error_message",
+)
 
 
-def every(name: str, options: Sequence[str]) -> Selection:
-    """A multi-value variable with All selected, as the dashboards define it."""
-    return Selection(
-        (), multi=True, include_all=True, all_value=".*", is_all=True, options=tuple(options)
-    )
-
-
-def chosen(*values: str) -> Selection:
-    return Selection(tuple(values), multi=True, include_all=True, all_value=".*")
-
-
-def error_context(**changes: Selection) -> Context:
-    variables = {
-        "object": every("object", OBJECTS),
-        "operation": every("operation", OPERATIONS),
-        "direction": every("direction", DIRECTIONS),
-        "error_code": every("error_code", CODES),
-        "search": Selection.one(""),
-        **changes,
-    }
-    return Context(variables)
+def _ms(moment: datetime) -> int:
+    return round(moment.replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def expected_failures(
@@ -120,13 +131,13 @@ def expected_failures(
     directions: Sequence[str] = DIRECTIONS,
     codes: Sequence[str] = CODES,
     search: str = "",
-    limit: int = 500,
 ) -> list[tuple[Any, ...]]:
+    """The failures in the range that match, newest first, as (column values...)."""
     needle = search.lower()
     hits = [
         row
         for row in rows
-        if RANGE.start <= row.failed_at <= RANGE.end
+        if RANGE.start <= row.failed_at.replace(tzinfo=UTC) <= RANGE.end
         and row.object in objects
         and row.operation in operations
         and row.direction in directions
@@ -142,7 +153,7 @@ def expected_failures(
     hits.sort(key=lambda row: (row.failed_at, row.id), reverse=True)
     return [
         (
-            row.failed_at,
+            _ms(row.failed_at),
             row.object,
             row.record_id,
             row.record_name,
@@ -151,156 +162,22 @@ def expected_failures(
             row.error_code,
             row.error_message,
         )
-        for row in hits[:limit]
+        for row in hits
     ]
 
 
-@pytest.fixture(params=["postgresql", "mariadb"])
-def database(request: pytest.FixtureRequest) -> Iterator[tuple[sa.Engine, SqlDialect]]:
-    """A fresh reference store on each server, filled with the test's rows."""
-    url = str(
-        request.getfixturevalue(
-            {"postgresql": "postgres_url", "mariadb": "mariadb_url"}[request.param]
-        )
-    )
-    engine = sa.create_engine(url)
-    dialect: SqlDialect = "postgresql" if request.param == "postgresql" else "mysql"
-    if dialect == "mysql":
-        # What the MySQL datasource's "Session timezone" setting does: the store keeps UTC.
-        @sa.event.listens_for(engine, "connect")
-        def _utc(dbapi_connection: Any, _record: Any) -> None:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute("SET time_zone = '+00:00'")
-
-    create_reference_schema(engine)
-    with engine.begin() as connection:
-        connection.execute(
-            sync_error.insert(),
-            [
-                {
-                    "id": row.id,
-                    "failed_at": row.failed_at,
-                    "object_type": row.object,
-                    "record_id": row.record_id,
-                    "record_name": row.record_name,
-                    "operation": row.operation,
-                    "direction": row.direction,
-                    "error_code": row.error_code,
-                    "error_message": row.error_message,
-                }
-                for row in failures()
-            ],
-        )
-    yield engine, dialect
-    engine.dispose()
+def url(*pairs: tuple[str, str]) -> str:
+    """A dashboard URL's query string, encoded as Grafana's links encode it."""
+    return "&".join(f"var-{name}={quote(value, safe='')}" for name, value in pairs)
 
 
-def run(engine: sa.Engine, sql: str) -> list[tuple[Any, ...]]:
-    with engine.connect() as connection:
-        return [tuple(row) for row in connection.exec_driver_sql(_percent_safe(sql, engine))]
+@dataclass(frozen=True)
+class State:
+    """A state of the errors browser: its URL, and the filters it stands for."""
 
-
-def _percent_safe(sql: str, engine: sa.Engine) -> str:
-    # The DBAPI drivers treat % as a parameter marker; Grafana's drivers send the text as is.
-    return sql.replace("%", "%%")
-
-
-def _normal(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    return [tuple(_plain(value) for value in row) for row in rows]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=None)
-    return value
-
-
-def errors_sql(dialect: SqlDialect, title: str, store: StoreConfig | None = None) -> str:
-    return sql_of(dashboards(store, dialect)["crmsync-errors"], title)
-
-
-def browse(engine: sa.Engine, dialect: SqlDialect, context: Context) -> list[tuple[Any, ...]]:
-    sql = render_sql(errors_sql(dialect, "Failed records"), context, RANGE, dialect)
-    return _normal(run(engine, sql))
-
-
-def count(engine: sa.Engine, dialect: SqlDialect, context: Context) -> int:
-    sql = render_sql(errors_sql(dialect, "Matching failed records"), context, RANGE, dialect)
-    ((value,),) = run(engine, sql)
-    return int(value)
-
-
-@pytest.mark.postgres
-@pytest.mark.mariadb
-def test_browsing_shows_the_time_range_newest_first(
-    database: tuple[sa.Engine, SqlDialect],
-) -> None:
-    engine, dialect = database
-    expected = expected_failures(failures())
-    assert 0 < len(expected) < len(failures())
-    assert browse(engine, dialect, error_context()) == expected
-    assert count(engine, dialect, error_context()) == len(expected)
-
-
-@pytest.mark.postgres
-@pytest.mark.mariadb
-@pytest.mark.parametrize(
-    ("selections", "filters"),
-    [
-        ({"object": ("lead",)}, {"objects": ("lead",)}),
-        ({"object": ("lead", "account")}, {"objects": ("lead", "account")}),
-        (
-            {"operation": ("update",), "direction": ("to_crm",)},
-            {"operations": ("update",), "directions": ("to_crm",)},
-        ),
-        ({"error_code": ("FIELD_INTEGRITY",)}, {"codes": ("FIELD_INTEGRITY",)}),
-        (
-            {"object": ("contact",), "error_code": ("DUPLICATE_VALUE", "INVALID_EMAIL_ADDRESS")},
-            {"objects": ("contact",), "codes": ("DUPLICATE_VALUE", "INVALID_EMAIL_ADDRESS")},
-        ),
-    ],
-)
-def test_filters_select_exactly_the_chosen_values(
-    database: tuple[sa.Engine, SqlDialect],
-    selections: dict[str, tuple[str, ...]],
-    filters: dict[str, tuple[str, ...]],
-) -> None:
-    engine, dialect = database
-    context = error_context(**{name: chosen(*values) for name, values in selections.items()})
-    expected = expected_failures(failures(), **filters)  # type: ignore[arg-type]
-    assert expected
-    assert browse(engine, dialect, context) == expected
-    assert count(engine, dialect, context) == len(expected)
-
-
-@pytest.mark.postgres
-@pytest.mark.mariadb
-@pytest.mark.parametrize(
-    "search",
-    [
-        "O'Brien",
-        "o'brien",
-        '"Nina"',
-        "back\\slash",
-        "müller",
-        "100%",
-        "under_",
-        "50% done",
-        "it's",
-        "00Q000101",
-        "REQUEST_LIMIT",
-        "record 3;",
-    ],
-)
-def test_search_finds_text_with_quotes_and_wildcards_literally(
-    database: tuple[sa.Engine, SqlDialect], search: str
-) -> None:
-    engine, dialect = database
-    context = error_context(search=Selection.one(search))
-    expected = expected_failures(failures(), search=search)
-    assert expected, f"the test data should contain {search!r}"
-    assert browse(engine, dialect, context) == expected
-    assert count(engine, dialect, context) == len(expected)
+    name: str
+    url: str
+    filters: dict[str, Any] = field(default_factory=dict)
 
 
 ATTACKS = [
@@ -314,110 +191,80 @@ ATTACKS = [
     "$__timeFilter(id) OR 1=1",
     "${object}",
     "%' OR '%'='",
+    "&var-object=$__all&x=",
+]
+SEARCHES = [
+    "O'Brien",
+    "o'brien",
+    '"Nina"',
+    "back\\slash",
+    "müller",
+    "100%",
+    "under_",
+    "50% done",
+    "it's",
+    "00Q000101",
+    "REQUEST_LIMIT",
+    "record 3;",
+    "pct$dollar:colon_über",
+]
+STATES = [
+    State("default", ""),
+    State("All from a link", url(("object", "All"))),
+    State("one object", url(("object", "lead")), {"objects": ("lead",)}),
+    State(
+        "several objects",
+        url(("object", "lead"), ("object", "account")),
+        {"objects": ("lead", "account")},
+    ),
+    State(
+        "operation and direction",
+        url(("operation", "update"), ("direction", "to_crm")),
+        {"operations": ("update",), "directions": ("to_crm",)},
+    ),
+    State("one code", url(("error_code", "FIELD_INTEGRITY")), {"codes": ("FIELD_INTEGRITY",)}),
+    State(
+        "object and two codes",
+        url(
+            ("object", "contact"),
+            ("error_code", "DUPLICATE_VALUE"),
+            ("error_code", "INVALID_EMAIL_ADDRESS"),
+        ),
+        {"objects": ("contact",), "codes": ("DUPLICATE_VALUE", "INVALID_EMAIL_ADDRESS")},
+    ),
+    State(
+        "awkward code",
+        url(("error_code", AWKWARD_CODE)),
+        {"codes": (AWKWARD_CODE,)},
+    ),
+    State("empty search", url(("search", ""))),
+    State("long search", url(("search", LONG_TAIL)), {"search": LONG_TAIL}),
+    *[State(f"search {text}", url(("search", text)), {"search": text}) for text in SEARCHES],
+    *[State(f"hostile search {text}", url(("search", text)), {"search": text}) for text in ATTACKS],
+    *[
+        State(f"hostile object {text}", url(("object", text)), {"objects": (text,)})
+        for text in ATTACKS
+    ],
+    State(
+        "hostile values among real ones",
+        url(("object", "lead"), ("object", ATTACKS[0]), ("error_code", ATTACKS[3])),
+        {"objects": ("lead", ATTACKS[0]), "codes": (ATTACKS[3],)},
+    ),
 ]
 
 
-@pytest.mark.postgres
-@pytest.mark.mariadb
-@pytest.mark.parametrize("attack", ATTACKS)
-def test_typed_text_cannot_change_the_sql(
-    database: tuple[sa.Engine, SqlDialect], attack: str
-) -> None:
-    """Search text and URL-supplied filter values are data: they match nothing and alter nothing."""
-    engine, dialect = database
-    for context in (
-        error_context(search=Selection.one(attack)),
-        error_context(object=chosen(attack)),
-        error_context(object=chosen("lead", attack), error_code=chosen(attack)),
-    ):
-        assert browse(engine, dialect, context) == []
-        assert count(engine, dialect, context) == 0
-    with engine.connect() as connection:
-        remaining = connection.execute(sa.select(sa.func.count()).select_from(sync_error))
-        assert remaining.scalar_one() == len(failures())
+def pending(now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "object_type": OBJECTS[index % 4],
+            "record_id": f"Q{index:04d}",
+            "operation": OPERATIONS[(index // 4) % 2],
+            "direction": DIRECTIONS[(index // 8) % 2],
+            "enqueued_at": now - timedelta(minutes=5 * index + 1),
+        }
+        for index in range(40)
+    ]
 
-
-@pytest.mark.mariadb
-def test_sqlstring_formatting_would_be_injectable_on_mariadb(mariadb_url: str) -> None:
-    """Why the dashboards percent-decode instead: Grafana's sqlstring leaves backslashes alone."""
-    engine = sa.create_engine(mariadb_url)
-    create_reference_schema(engine)
-    with engine.begin() as connection:
-        connection.execute(
-            sync_error.insert(),
-            [{**vars(row), "object_type": row.object} for row in failures()[:3]],
-        )
-    typed = "\\' OR 1=1 -- "
-    query = f"SELECT count(*) FROM sync_error WHERE record_name = {sqlstring(typed)}"
-    ((matched,),) = run(engine, query)
-    engine.dispose()
-    assert matched == 3
-
-
-@pytest.mark.postgres
-@pytest.mark.mariadb
-def test_the_page_is_bounded_and_the_count_is_not(
-    database: tuple[sa.Engine, SqlDialect],
-) -> None:
-    engine, dialect = database
-    store = reference_store()
-    small = build_dashboards(store, Options(dialect=dialect, page_size=10))
-    errors = next(d for d in small.values() if d["uid"] == "crmsync-errors")
-    sql = render_sql(sql_of(errors, "Failed records"), error_context(), RANGE, dialect)
-    expected = expected_failures(failures())
-    assert _normal(run(engine, sql)) == expected[:10]
-    assert count(engine, dialect, error_context()) == len(expected) > 10
-
-
-@pytest.mark.postgres
-@pytest.mark.mariadb
-def test_oldest_pending_records_are_the_oldest_of_each_operation(
-    database: tuple[sa.Engine, SqlDialect],
-) -> None:
-    engine, dialect = database
-    with engine.connect() as connection:
-        now = connection.execute(
-            sa.text(
-                "SELECT UTC_TIMESTAMP(6)"
-                if dialect == "mysql"
-                else "SELECT now() AT TIME ZONE 'UTC'"
-            )
-        ).scalar_one()
-    rows = pending(now)
-    with engine.begin() as connection:
-        connection.execute(sync_queue.insert(), rows)
-    sql_text = sql_of(dashboards(None, dialect)["crmsync-object"], "Oldest pending records")
-    for directions in (DIRECTIONS, ("from_crm",)):
-        context = Context(
-            {
-                "object": Selection.one("contact"),
-                "direction": chosen(*directions)
-                if len(directions) == 1
-                else every("direction", DIRECTIONS),
-            }
-        )
-        result = run(engine, render_sql(sql_text, context, RANGE, dialect))
-        expected = []
-        for operation in OPERATIONS:
-            mine = [
-                row
-                for row in rows
-                if row["object_type"] == "contact"
-                and row["operation"] == operation
-                and row["direction"] in directions
-            ]
-            mine.sort(key=lambda row: row["enqueued_at"])
-            expected += mine[:5]
-        expected.sort(key=lambda row: row["enqueued_at"])
-        assert [(r[0], r[1], r[2], r[3]) for r in _normal(result)] == [
-            (r["enqueued_at"], r["record_id"], r["operation"], r["direction"]) for r in expected
-        ]
-        for row, want in zip(result, expected, strict=True):
-            age = (now - want["enqueued_at"]).total_seconds()
-            assert age <= float(row[4]) < age + 60
-
-
-# --- a mapped store --------------------------------------------------------------------------
 
 MAPPED = """
 stores:
@@ -448,12 +295,8 @@ def mapped_store() -> StoreConfig:
     return parse_config(MAPPED).stores[0]
 
 
-@pytest.mark.postgres
-@pytest.mark.mariadb
-def test_a_mapped_single_table_store_gets_sql_that_fits_it(
-    database: tuple[sa.Engine, SqlDialect],
-) -> None:
-    engine, dialect = database
+def _fill_mapped(engine: sa.Engine) -> None:
+    """The failures again, in one status table with the mapped store's names and values."""
     metadata = sa.MetaData()
     table = sa.Table(
         "crm_change",
@@ -474,7 +317,6 @@ def test_a_mapped_single_table_store_gets_sql_that_fits_it(
     metadata.create_all(engine)
     operations = {"insert": "INS", "update": "U"}
     directions = {"to_crm": "OUT", "from_crm": "IN"}
-    rows = failures()
     with engine.begin() as connection:
         connection.execute(
             table.insert(),
@@ -493,29 +335,240 @@ def test_a_mapped_single_table_store_gets_sql_that_fits_it(
                     "code": row.error_code,
                     "msg": row.error_message,
                 }
-                for row in rows
+                for row in failures()
             ],
         )
-    failed_rows = [row for row in rows if row.id % 5]
-    sql = errors_sql(dialect, "Failed records", mapped_store())
-    for context, filters in (
-        (error_context(), {}),
-        (
-            error_context(operation=chosen("insert"), direction=chosen("from_crm")),
+
+
+@dataclass(frozen=True)
+class Store:
+    engine: sa.Engine
+    dialect: SqlDialect
+    now: datetime
+    pending: list[dict[str, Any]]
+
+    @property
+    def backends(self) -> Backends:
+        def sql(text: str, ref_id: str, time_range: TimeRange) -> Json:
+            return run_sql(self.engine, text, ref_id, time_range, self.dialect)
+
+        return Backends(sql=sql)
+
+    def runs(self, dashboard: Json, urls: Sequence[str]) -> list[Run]:
+        return [Run(dashboard, u, RANGE.start, RANGE.end, labels=LABELS) for u in urls]
+
+    def browse(self, version: str, dashboard: Json, urls: Sequence[str]) -> list[Result]:
+        return run_answered(
+            version, self.runs(dashboard, urls), self.backends, datasources(self.dialect)
+        )
+
+    def count_errors(self) -> int:
+        with self.engine.connect() as connection:
+            count = connection.execute(sa.select(sa.func.count()).select_from(sync_error))
+            return int(count.scalar_one())
+
+
+@pytest.fixture(scope="module")
+def store(sql_server: tuple[sa.Engine, SqlDialect]) -> Store:
+    """The reference store and a mapped status table, filled once per server."""
+    engine, dialect = sql_server
+    create_reference_schema(engine)
+    with engine.connect() as connection:
+        now = connection.execute(
+            sa.text(
+                "SELECT UTC_TIMESTAMP(6)"
+                if dialect == "mysql"
+                else "SELECT now() AT TIME ZONE 'UTC'"
+            )
+        ).scalar_one()
+    rows = pending(now)
+    with engine.begin() as connection:
+        connection.execute(
+            sync_error.insert(),
+            [{**vars(row), "object_type": row.object} for row in failures()],
+        )
+        connection.execute(sync_queue.insert(), rows)
+    _fill_mapped(engine)
+    return Store(engine, dialect, now, rows)
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def browsed(store: Store, version: str) -> dict[str, Result]:
+    """The errors browser in every state of STATES, through one Grafana frontend."""
+    errors = dashboards(None, store.dialect)["crmsync-errors"]
+    results = store.browse(version, errors, [state.url for state in STATES])
+    return {state.name: result for state, result in zip(STATES, results, strict=True)}
+
+
+def table_rows(
+    result: Result, title: str, columns: Sequence[str] = COLUMNS
+) -> list[tuple[Any, ...]]:
+    """The rows of a table panel, raw values of the given columns (no rows: an empty list)."""
+    panel = result.panel(title)
+    assert panel.errors == [], f"{title}: {panel.errors}"
+    assert panel.table is not None
+    if not panel.table or not panel.table[0]["fields"]:
+        return []
+    (frame,) = panel.table
+    values = {column["name"]: column["values"] for column in frame["fields"]}
+    missing = [name for name in columns if name not in values]
+    assert not missing, f"{title} has no column {missing}; it has {list(values)}"
+    return list(zip(*(values[name] for name in columns), strict=True))
+
+
+def stat_value(result: Result, title: str) -> float | None:
+    panel = result.panel(title)
+    assert panel.errors == [], f"{title}: {panel.errors}"
+    assert panel.table is not None
+    for frame in panel.table:
+        for column in frame["fields"]:
+            if column["type"] == "number" and column["values"]:
+                return float(column["values"][0])
+    return None
+
+
+@pytest.mark.parametrize("state", STATES, ids=[state.name for state in STATES])
+def test_failed_records_follow_the_variables(
+    browsed: dict[str, Result], store: Store, state: State
+) -> None:
+    """What the browser lists and counts in each state: exactly the failures it stands for."""
+    result = browsed[state.name]
+    expected = expected_failures(failures(), **state.filters)
+    if not state.name.startswith("hostile"):
+        assert expected, f"the test data should match {state.name}"
+    assert table_rows(result, "Failed records") == expected[:500]
+    assert stat_value(result, "Matching failed records") == len(expected)
+
+
+def test_typed_text_changed_no_table(browsed: dict[str, Result], store: Store) -> None:
+    """After every hostile search and filter value, the store still holds every row."""
+    assert browsed
+    assert store.count_errors() == len(failures())
+
+
+def _csv_cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def test_the_failed_records_read_and_export_as_shown(browsed: dict[str, Result]) -> None:
+    """Times read as ISO dates in the table; Inspect > Data > Download CSV has every row."""
+    result = browsed["search O'Brien"]
+    expected = expected_failures(failures(), search="O'Brien")
+    panel = result.panel("Failed records")
+    columns = panel.columns()
+    assert columns["time"] == [
+        datetime.fromtimestamp(row[0] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") for row in expected
+    ]
+    assert panel.csv is not None
+    exported = list(csv.reader(io.StringIO(panel.csv)))
+    header, *body = exported
+    assert header[: len(COLUMNS)] == list(COLUMNS)
+    position = {name: header.index(name) for name in COLUMNS}
+    assert [[line[position[name]] for name in COLUMNS[1:]] for line in body] == [
+        [_csv_cell(value) for value in row[1:]] for row in expected
+    ]
+    assert [line[position["time"]] for line in body] == columns["time"]
+
+
+def test_grafanas_sqlstring_format_is_injectable_on_mariadb(store: Store, version: str) -> None:
+    """Why the dashboards decode ${var:queryparam} instead: scenes' own sqlstring format
+    doubles quotes but leaves backslashes alone, which MariaDB reads as escapes (PostgreSQL,
+    with standard_conforming_strings, does not)."""
+    probe = {
+        "uid": "probe",
+        "title": "sqlstring probe",
+        "templating": {"list": [{"name": "search", "type": "textbox", "query": ""}]},
+        "panels": [
+            {
+                "id": 1,
+                "type": "table",
+                "title": "probe",
+                "datasource": {"type": SQL_PLUGINS[store.dialect], "uid": "crmsync-store"},
+                "targets": [
+                    {
+                        "refId": "A",
+                        "format": "table",
+                        "rawSql": "SELECT count(*) AS matched FROM sync_error "
+                        "WHERE record_name = ${search:sqlstring}",
+                    }
+                ],
+            }
+        ],
+    }
+    typed = "\\' OR 1=1 -- "
+    (result,) = store.browse(version, probe, [url(("search", typed))])
+    matched = stat_value(result, "probe")
+    assert matched == (len(failures()) if store.dialect == "mysql" else 0)
+
+
+def test_the_page_is_bounded_and_the_count_is_not(store: Store, version: str) -> None:
+    small = build_dashboards(
+        parse_config("stores:\n  - name: main\n    url: 'postgresql+psycopg://x@y/z'\n").stores[0],
+        Options(dialect=store.dialect, page_size=10),
+    )
+    errors = next(d for d in small.values() if d["uid"] == "crmsync-errors")
+    (result,) = store.browse(version, errors, [""])
+    expected = expected_failures(failures())
+    assert table_rows(result, "Failed records") == expected[:10]
+    assert stat_value(result, "Matching failed records") == len(expected) > 10
+
+
+def test_oldest_pending_records_are_the_oldest_of_each_operation(
+    store: Store, version: str
+) -> None:
+    detail = dashboards(None, store.dialect)["crmsync-object"]
+    cases = [(("object", "contact"),), (("object", "contact"), ("direction", "from_crm"))]
+    results = store.browse(version, detail, [url(*pairs) for pairs in cases])
+    for pairs, result in zip(cases, results, strict=True):
+        directions = [value for name, value in pairs if name == "direction"] or DIRECTIONS
+        expected = []
+        for operation in OPERATIONS:
+            mine = sorted(
+                (
+                    row
+                    for row in store.pending
+                    if row["object_type"] == "contact"
+                    and row["operation"] == operation
+                    and row["direction"] in directions
+                ),
+                key=lambda row: row["enqueued_at"],
+            )
+            expected += mine[:5]
+        expected.sort(key=lambda row: row["enqueued_at"])
+        rows = table_rows(
+            result,
+            "Oldest pending records",
+            ("enqueued_at", "record_id", "operation", "direction", "age"),
+        )
+        assert [row[:4] for row in rows] == [
+            (_ms(r["enqueued_at"]), r["record_id"], r["operation"], r["direction"])
+            for r in expected
+        ], f"at {result.url!r}"
+        for row, want in zip(rows, expected, strict=True):
+            age = (store.now - want["enqueued_at"]).total_seconds()
+            assert age <= float(row[4]) < age + 120
+
+
+def test_a_mapped_single_table_store_gets_sql_that_fits_it(store: Store, version: str) -> None:
+    errors = dashboards(mapped_store(), store.dialect)["crmsync-errors"]
+    cases = [
+        State("default", ""),
+        State(
+            "insert from the CRM",
+            url(("operation", "insert"), ("direction", "from_crm")),
             {"operations": ("insert",), "directions": ("from_crm",)},
         ),
-        (error_context(search=Selection.one("O'Brien")), {"search": "O'Brien"}),
-    ):
-        result = _normal(run(engine, render_sql(sql, context, RANGE, dialect)))
-        assert result == expected_failures(failed_rows, **filters)
-    # Nothing of the reference tables is named in the mapped store's SQL.
+        State("search", url(("search", "O'Brien")), {"search": "O'Brien"}),
+    ]
+    results = store.browse(version, errors, [case.url for case in cases])
+    failed = [row for row in failures() if row.id % 5]
+    for case, result in zip(cases, results, strict=True):
+        assert table_rows(result, "Failed records") == expected_failures(failed, **case.filters)
+    sql = results[0].panel("Failed records").texts()[0]
     assert "sync_error" not in sql
     assert "crm_change" in sql
-
-
-def test_reference_and_mapped_sql_differ_only_where_the_mapping_does() -> None:
-    reference = errors_sql("postgresql", "Failed records")
-    mapped = errors_sql("postgresql", "Failed records", mapped_store())
-    assert "state IN ('ERR')" in mapped
-    assert "WHEN lower(trim(op)) IN ('i', 'ins') THEN 'insert'" in mapped
-    assert "FROM sync_error" in reference

@@ -93,9 +93,8 @@ async function main() {
   for (const request of input.runs) {
     runs.push(await run(request, input.dashboards, server));
   }
-  process.stdout.write(JSON.stringify({ grafana: GRAFANA_VERSIONS, runs }));
-  // Scenes leaves timers behind (refresh pickers, lazy loaders); the answer is complete.
-  process.exit(0);
+  // Scenes leaves timers behind (refresh pickers, lazy loaders): exit once the answer is out.
+  process.stdout.write(JSON.stringify({ grafana: GRAFANA_VERSIONS, runs }), () => process.exit(0));
 }
 
 main().catch((error) => {
