@@ -88,6 +88,7 @@ class Panel:
     requests: list[Json]
     state: str
     errors: list[str]
+    query_frames: list[Json]
     frames: list[Json]
     table: list[Json] | None
     csv: str | None
@@ -96,6 +97,10 @@ class Panel:
     def queries(self) -> list[Json]:
         """The queries as they reach Grafana's server."""
         return [query for body in self.requests for query in body["queries"]]
+
+    def rows(self, ref_id: str) -> int:
+        """How many rows (samples) the datasource gave for one query."""
+        return sum(frame["length"] for frame in self.query_frames if frame["refId"] == ref_id)
 
     def texts(self) -> list[str]:
         """Each query's text: the PromQL expression or the SQL."""
@@ -131,6 +136,7 @@ def _panel(data: Json) -> Panel:
         requests=list(data["requests"]),
         state=str(data["state"]),
         errors=list(data["errors"]),
+        query_frames=list(data["queryFrames"]),
         frames=list(data["frames"]),
         table=data.get("table"),
         csv=data.get("csv"),

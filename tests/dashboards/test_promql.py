@@ -1,8 +1,11 @@
-"""Every PromQL expression of every panel, run by a real Prometheus that scraped the exporter.
+"""Every PromQL query of every panel, sent by Grafana's own frontend to a real Prometheus.
 
 The store is filled by the simulator (a backfill, then live traffic with many failures), the
-real exporter reads it and a real Prometheus scrapes the exporter every second. Each panel
-query, with its variables replaced as Grafana replaces them, must parse and return data.
+real exporter reads it and a real Prometheus scrapes the exporter every second. Each
+dashboard runs through Grafana's frontend code in two versions (grafana_frontend.py) in a
+table of variable states, its query variables reading their options from that Prometheus;
+grafana_server.py expands what Grafana's server expands and runs each query. Then the Sync
+Status table is checked as a person sees it, in both of its views.
 """
 
 from __future__ import annotations
@@ -13,27 +16,30 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
 
-from exporter.schema import create_reference_schema
+from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 from exporter.simulator import backfill
 from tests.conftest import require_binary
-from tests.dashboards.common import DASHBOARDS, panels
-from tests.dashboards.grafana import Context, Selection, interpolate
+from tests.dashboards.common import DASHBOARDS
+from tests.dashboards.grafana_frontend import VERSIONS, Result, Run, datasources, run_answered
+from tests.dashboards.grafana_server import Backends
 
-pytestmark = pytest.mark.prometheus
+pytestmark = [pytest.mark.prometheus, pytest.mark.grafana_frontend]
 
-RATE_INTERVAL = "20s"
-# Grafana's $__range for the test's time range; long enough for every window to hold samples.
-RANGE = "1m"
+SCRAPE_INTERVAL = "1s"
 WARM_UP = 25.0
+# Label values with every character that needs care on its way through a URL and PromQL.
+AWKWARD_OBJECT = "o'brien\\ü%$:x"
+AWKWARD_CODE = "Q'UOTE\\BACK%PCT$DOLLAR:COLON_ÜBER"
 
 
 def _free_port() -> int:
@@ -41,11 +47,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _get(url: str, timeout: float = 10.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
 
 
 def _wait_for(url: str, deadline: float) -> None:
@@ -62,7 +63,7 @@ def _wait_for(url: str, deadline: float) -> None:
 @dataclass(frozen=True)
 class Stack:
     prometheus: str
-    started: float
+    store: sa.Engine
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -74,6 +75,30 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def _awkward_rows(engine: sa.Engine) -> None:
+    """A failure with an awkward code and a waiting change of an awkward object, written once
+    the exporter runs (counters count what appears after their start)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    row = {"record_id": "AWK1", "operation": "insert", "direction": "to_crm"}
+    with engine.begin() as connection:
+        connection.execute(
+            sync_error.insert(),
+            [
+                {
+                    **row,
+                    "object_type": "lead",
+                    "record_name": None,
+                    "error_code": AWKWARD_CODE,
+                    "error_message": "awkward",
+                    "failed_at": now,
+                }
+            ],
+        )
+        connection.execute(
+            sync_queue.insert(), [{**row, "object_type": AWKWARD_OBJECT, "enqueued_at": now}]
+        )
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_binary = require_binary("prometheus")
@@ -82,14 +107,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     engine = sa.create_engine(url)
     create_reference_schema(engine)
     backfill(engine, history_rows=3000, error_rows=400, pending_rows=150, span=3 * 3600.0, seed=3)
-    engine.dispose()
 
     exporter_port, prometheus_port = _free_port(), _free_port()
     config = work / "exporter.yml"
     config.write_text(f"stores:\n  - name: main\n    url: '{url}'\n    interval: 1s\n")
     prometheus_config = work / "prometheus.yml"
     prometheus_config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: crmsync\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{exporter_port}']\n"
     )
@@ -149,150 +173,261 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _wait_for(f"http://127.0.0.1:{exporter_port}/metrics", deadline)
         base = f"http://127.0.0.1:{prometheus_port}"
         _wait_for(f"{base}/-/ready", deadline)
-        started = time.monotonic()
+        time.sleep(2)
+        _awkward_rows(engine)
         time.sleep(WARM_UP)
         for process in processes:
             assert process.poll() is None, (logs / "exporter.log").read_text()
-        yield Stack(base, started)
+        yield Stack(base, engine)
     finally:
         for process in processes:
             _stop(process)
+        engine.dispose()
 
 
-def _context(view: str) -> Context:
-    every = Selection((), multi=True, include_all=True, all_value=".*", is_all=True)
-    return Context(
-        {
-            "store": Selection.one("main"),
-            "object": Selection.one("lead"),
-            "direction": every,
-            "operation": every,
-            "error_code": every,
-            "view": Selection.one(view),
-            "horizon": Selection.one("14400"),
-        },
-        builtins={"__rate_interval": RATE_INTERVAL, "__range": RANGE, "__interval": "1s"},
-    )
+def _dashboards() -> dict[str, Any]:
+    found = {}
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        found[dashboard["uid"]] = dashboard
+    return found
 
 
-def _chosen_context(view: str) -> Context:
-    """Explicit multi-value selections instead of All: Grafana joins them into (a|b)."""
-    context = _context(view)
-    variables = dict(context.variables)
-    for name, values in (
-        ("direction", ("to_crm", "from_crm")),
-        ("operation", ("insert", "update")),
-    ):
-        variables[name] = Selection(values, multi=True, include_all=True, all_value=".*")
-    return Context(variables, context.builtins)
+DASHBOARD_JSON = _dashboards()
 
 
-def _multi_object_context(view: str) -> Context:
-    context = _context(view)
-    variables = dict(context.variables)
-    variables["object"] = Selection((), multi=True, include_all=True, all_value=".*", is_all=True)
-    return Context(variables, context.builtins)
+def url(*pairs: tuple[str, str]) -> str:
+    return "&".join(f"var-{name}={quote(value, safe='')}" for name, value in pairs)
 
 
 @dataclass(frozen=True)
-class Query:
+class State:
+    """A dashboard URL, and the label values its panels' series may carry."""
+
     dashboard: str
-    panel: str
-    ref: str
-    expr: str
-    instant: bool
-    multi_object: bool
+    name: str
+    url: str
+    allowed: dict[str, tuple[str, ...]]
 
 
-def _queries() -> list[Query]:
-    found = []
-    for path in sorted(DASHBOARDS.glob("*.json")):
-        dashboard = json.loads(path.read_text(encoding="utf-8"))
-        object_variable = next(
-            (v for v in dashboard["templating"]["list"] if v["name"] == "object"), None
-        )
-        multi_object = bool(object_variable and object_variable.get("multi"))
-        for panel in panels(dashboard):
-            for target in panel.get("targets", []):
-                if target.get("datasource", {}).get("type") != "prometheus":
-                    continue
-                found.append(
-                    Query(
-                        dashboard["uid"],
-                        panel["title"],
-                        target["refId"],
-                        target["expr"],
-                        bool(target.get("instant")),
-                        multi_object,
-                    )
+def _states() -> list[State]:
+    states = []
+    for uid in DASHBOARD_JSON:
+        variables = {v["name"] for v in DASHBOARD_JSON[uid]["templating"]["list"]}
+        states.append(State(uid, "default", "", {}))
+        if "view" in variables:
+            states.append(State(uid, "last hour", url(("view", "1")), {}))
+        if uid == "crmsync-object":
+            states.append(State(uid, "one object", url(("object", "lead")), {"object": ("lead",)}))
+            states.append(
+                State(
+                    uid,
+                    "awkward object",
+                    url(("object", AWKWARD_OBJECT)),
+                    {"object": (AWKWARD_OBJECT,)},
                 )
-    return found
+            )
+        elif "object" in variables:
+            states.append(State(uid, "one object", url(("object", "lead")), {"object": ("lead",)}))
+            states.append(
+                State(
+                    uid,
+                    "several objects",
+                    url(("object", "lead"), ("object", "account")),
+                    {"object": ("lead", "account")},
+                )
+            )
+        if "direction" in variables:
+            states.append(
+                State(
+                    uid,
+                    "both directions by name",
+                    url(("direction", "to_crm"), ("direction", "from_crm")),
+                    {"direction": ("to_crm", "from_crm")},
+                )
+            )
+            states.append(
+                State(
+                    uid, "one direction", url(("direction", "to_crm")), {"direction": ("to_crm",)}
+                )
+            )
+        if "error_code" in variables:
+            states.append(
+                State(
+                    uid,
+                    "awkward code",
+                    url(("error_code", AWKWARD_CODE)),
+                    {"error_code": (AWKWARD_CODE,)},
+                )
+            )
+    return states
 
 
-QUERIES = _queries()
+STATES = _states()
 
 
-def _evaluate(stack: Stack, expr: str, instant: bool) -> list[Any]:
-    if instant:
-        query = urllib.parse.urlencode({"query": expr})
-        answer = _get(f"{stack.prometheus}/api/v1/query?{query}")
-    else:
-        end = time.time()
-        query = urllib.parse.urlencode({"query": expr, "start": end - 15, "end": end, "step": "1s"})
-        answer = _get(f"{stack.prometheus}/api/v1/query_range?{query}")
-    assert answer["status"] == "success", answer
-    result: list[Any] = answer["data"]["result"]
-    return result
+@pytest.fixture(scope="module", params=VERSIONS)
+def version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
-def test_there_are_promql_panels_on_every_dashboard() -> None:
-    assert {query.dashboard for query in QUERIES} == {
-        "crmsync-status",
-        "crmsync-object",
-        "crmsync-errors",
-        "crmsync-capacity",
+@pytest.fixture(scope="module")
+def results(stack: Stack, version: str) -> dict[tuple[str, str], Result]:
+    """Every dashboard in every state of STATES, through one Grafana frontend."""
+    end = datetime.now(UTC)
+    runs = [
+        Run(
+            DASHBOARD_JSON[state.dashboard],
+            state.url,
+            end - timedelta(minutes=1),
+            end,
+            stack.prometheus,
+        )
+        for state in STATES
+    ]
+    answered = run_answered(
+        version,
+        runs,
+        Backends(prometheus=stack.prometheus, scrape_interval=SCRAPE_INTERVAL),
+        datasources(scrape_interval=SCRAPE_INTERVAL),
+    )
+    return {(s.dashboard, s.name): result for s, result in zip(STATES, answered, strict=True)}
+
+
+def test_every_dashboard_has_promql_panels() -> None:
+    kinds = {
+        uid: {
+            target.get("datasource", {}).get("type")
+            for panel in dashboard["panels"]
+            for target in panel.get("targets", [])
+        }
+        for uid, dashboard in DASHBOARD_JSON.items()
     }
+    assert set(kinds) == {"crmsync-status", "crmsync-object", "crmsync-errors", "crmsync-capacity"}
+    assert all("prometheus" in found for found in kinds.values())
+
+
+@pytest.mark.parametrize("state", STATES, ids=[f"{s.dashboard}:{s.name}" for s in STATES])
+def test_every_query_runs_and_keeps_to_the_chosen_values(
+    results: dict[tuple[str, str], Result], state: State
+) -> None:
+    """The frontend leaves no variable unreplaced, Prometheus accepts every query, and series
+    carry only the label values the state chose."""
+    result = results[(state.dashboard, state.name)]
+    names = "|".join(v["name"] for v in DASHBOARD_JSON[state.dashboard]["templating"]["list"])
+    reference = re.compile(rf"\$\{{?({names})\b|\[\[({names})")
+    for panel in result.panels:
+        for query in panel.queries:
+            text = str(query.get("expr", ""))
+            assert not reference.search(text), f"{panel.title}: a variable is left in {text}"
+        assert panel.errors == [], f"{panel.title}: {panel.errors}"
+        for frame in panel.query_frames:
+            for field in frame["fields"]:
+                for label, allowed in state.allowed.items():
+                    value = field["labels"].get(label)
+                    assert value is None or value in allowed, f"{panel.title}: {label}={value}"
+
+
+def _view_gated(expr: str) -> str | None:
+    match = re.search(r"vector\((\d)\) == (\d)", expr)
+    return match.group(2) if match else None
+
+
+@pytest.mark.parametrize("dashboard", sorted(DASHBOARD_JSON), ids=sorted(DASHBOARD_JSON))
+def test_every_query_returns_data_in_its_view(
+    results: dict[tuple[str, str], Result], dashboard: str
+) -> None:
+    """Each query answers in the default state, or in its view of the Sync Status tab, and a
+    view-gated query is empty in the other view."""
+    default = results[(dashboard, "default")]
+    last_hour = results.get((dashboard, "last hour"))
+    for panel in default.panels:
+        for query in panel.queries:
+            if query["datasource"]["type"] != "prometheus":
+                continue
+            ref = str(query["refId"])
+            gate = _view_gated(str(query["expr"]))
+            rows = {"0": panel.rows(ref)}
+            if last_hour is not None:
+                rows["1"] = last_hour.panel(panel.title).rows(ref)
+            if gate is None:
+                assert any(rows.values()), f"{panel.title} {ref}: no data in {rows}"
+            else:
+                assert rows[gate] > 0, f"{panel.title} {ref}: no data in its view {gate}"
+                assert all(n == 0 for view, n in rows.items() if view != gate), (
+                    f"{panel.title} {ref} is not gated by the view: {rows}"
+                )
 
 
 @pytest.mark.parametrize(
-    "query", QUERIES, ids=[f"{q.dashboard}:{q.panel}:{q.ref}" for q in QUERIES]
+    ("dashboard", "state", "panel"),
+    [
+        ("crmsync-object", "awkward object", "Pending inserts"),
+        ("crmsync-errors", "awkward code", "Failed attempts by error code"),
+    ],
 )
-def test_every_panel_query_parses_and_returns_data(stack: Stack, query: Query) -> None:
-    views = ("0", "1") if "$view" in query.expr else ("0",)
-    answers = []
-    for view in views:
-        context = _multi_object_context(view) if query.multi_object else _context(view)
-        expr = interpolate(query.expr, context, "prometheus")
-        assert "$" not in expr, f"a variable is left in {expr}"
-        answers.append(_evaluate(stack, expr, query.instant))
-    # A "view"-gated query answers in its own view and is empty in the other one.
-    assert any(answers), f"no data for {query.expr}"
-    if len(views) == 2:
-        assert not all(answers), f"{query.expr} is not gated by the view"
-    # The same with values picked one by one rather than "All".
-    view = views[[bool(answer) for answer in answers].index(True)]
-    expr = interpolate(query.expr, _chosen_context(view), "prometheus")
-    assert "(to_crm|from_crm)" in expr or "direction" not in query.expr
-    assert _evaluate(stack, expr, query.instant), f"no data for {expr}"
+def test_awkward_label_values_find_their_series(
+    results: dict[tuple[str, str], Result], dashboard: str, state: str, panel: str
+) -> None:
+    """A label value with quotes, a backslash, %, $, : and non-ASCII, chosen in the URL,
+    selects its own series."""
+    found = results[(dashboard, state)].panel(panel)
+    assert sum(frame["length"] for frame in found.query_frames) > 0, found.texts()
 
 
-def _variable_queries() -> list[tuple[str, str, str]]:
-    found = []
-    for path in sorted(DASHBOARDS.glob("*.json")):
-        dashboard = json.loads(path.read_text(encoding="utf-8"))
-        for variable in dashboard["templating"]["list"]:
-            if variable["type"] == "query":
-                found.append((dashboard["uid"], variable["name"], variable["definition"]))
-    return found
+# --- the Sync Status table -------------------------------------------------------------------
+
+BACKLOG_COLUMNS = [
+    "Object",
+    "Pending inserts",
+    "Oldest pending insert",
+    "Pending updates",
+    "Oldest pending update",
+]
+LAST_HOUR_COLUMNS = ["Object", "Inserts", "Updates", "Synced in the last full hour"]
 
 
-@pytest.mark.parametrize("variable", _variable_queries(), ids=lambda v: f"{v[0]}:{v[1]}")
-def test_every_variable_query_finds_values(stack: Stack, variable: tuple[str, str, str]) -> None:
-    _, name, definition = variable
-    match = re.fullmatch(r"label_values\((.+), (\w+)\)", definition)
-    assert match, definition
-    selector = interpolate(match.group(1), _context("0"), "prometheus")
-    query = urllib.parse.urlencode({"match[]": selector})
-    answer = _get(f"{stack.prometheus}/api/v1/label/{match.group(2)}/values?{query}")
-    assert answer["status"] == "success"
-    assert answer["data"], f"no values for ${name} from {selector}"
+def _synced_last_full_hour(store: sa.Engine, at: datetime) -> dict[str, int]:
+    """The store's own count of the full UTC hour before ``at``, per object."""
+    end = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    query = (
+        sa.select(sa.func.lower(sync_history.c.object_type), sa.func.count())
+        .where(sync_history.c.synced_at >= end - timedelta(hours=1))
+        .where(sync_history.c.synced_at < end)
+        .group_by(sa.func.lower(sync_history.c.object_type))
+    )
+    with store.connect() as connection:
+        return {str(obj): int(n) for obj, n in connection.execute(query)}
+
+
+def result_time(result: Result) -> datetime:
+    """When the panels' queries ran: the end of their time range."""
+    body = next(panel.requests[0] for panel in result.panels if panel.requests)
+    return datetime.fromtimestamp(int(body["to"]) / 1000, UTC)
+
+
+def test_the_backlog_view_shows_every_column_filled(
+    results: dict[tuple[str, str], Result],
+) -> None:
+    table = results[("crmsync-status", "default")].panel("Sync Status").columns()
+    assert set(table["Object"]) >= {"lead", "contact", "account", "opportunity"}
+    for name in ("Pending inserts", "Pending updates"):
+        assert all(re.fullmatch(r"\d+", text) for text in table[name]), table[name]
+    empty = [name for name, texts in table.items() if not any(texts)]
+    assert empty == [], f"empty columns in the Backlog view: {empty}"
+    assert list(table) == BACKLOG_COLUMNS
+
+
+def test_the_last_hour_view_reads_na_for_inserts_and_updates(
+    results: dict[tuple[str, str], Result], stack: Stack
+) -> None:
+    result = results[("crmsync-status", "last hour")]
+    table = result.panel("Sync Status").columns()
+    shown = dict(zip(table["Object"], table["Synced in the last full hour"], strict=True))
+    counted = _synced_last_full_hour(stack.store, result_time(result))
+    assert {obj: int(text) for obj, text in shown.items() if int(text)} == counted
+    assert set(table["Inserts"]) == {"N/A"}
+    assert set(table["Updates"]) == {"N/A"}
+    empty = [name for name, texts in table.items() if not any(texts)]
+    assert empty == [], f"empty columns in the Last hour view: {empty}"
+    assert list(table) == LAST_HOUR_COLUMNS

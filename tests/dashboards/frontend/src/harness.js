@@ -36,6 +36,14 @@ function errorsOf(data) {
   return (data?.errors ?? []).map((error) => error.message ?? String(error));
 }
 
+function summary(frames) {
+  return frames.map((frame) => ({
+    refId: frame.refId,
+    length: frame.length,
+    fields: frame.fields.map((field) => ({ name: field.name, type: field.type, labels: field.labels ?? {} })),
+  }));
+}
+
 function panelResult({ panel, runner, transformer }, requests, { scene, view }) {
   const queryData = runner.state.data;
   const data = transformer.state.data;
@@ -48,11 +56,9 @@ function panelResult({ panel, runner, transformer }, requests, { scene, view }) 
     requests: requests.filter((request) => String(request.panel) === String(panel.id)).map((r) => r.body),
     state: data.state,
     errors: [...new Set([...errorsOf(queryData), ...errorsOf(data)])],
-    frames: data.series.map((frame) => ({
-      refId: frame.refId,
-      length: frame.length,
-      fields: frame.fields.map((field) => field.name),
-    })),
+    // The frames as the datasource gave them, then after the panel's transformations.
+    queryFrames: summary(queryData.series),
+    frames: summary(data.series),
   };
   if (view) {
     const options = { replaceVariables, timeZone };

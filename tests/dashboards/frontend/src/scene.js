@@ -21,6 +21,7 @@ import {
   SceneTimeRange,
   SceneVariableSet,
   TextBoxVariable,
+  sceneGraph,
   sceneUtils,
 } from '@grafana/scenes';
 
@@ -168,6 +169,8 @@ const SETTLED = new Set([LoadingState.Done, LoadingState.Error]);
 export async function runScene({ scene, panels }, { timeoutMs = 20000 } = {}) {
   globalThis.window.__grafanaSceneContext = scene;
   scene.activate();
+  // Rendering activates every object from the root down; variables only notify active ones.
+  scene.state.body.activate();
   for (const { item, runner, width } of panels) {
     runner.setContainerWidth(Math.round(width));
     item.activate();
@@ -183,8 +186,13 @@ export async function runScene({ scene, panels }, { timeoutMs = 20000 } = {}) {
     );
   while (!settled()) {
     if (Date.now() > deadline) {
-      const waiting = panels.filter(({ runner }) => !SETTLED.has(runner.state.data?.state));
-      throw new Error(`panels still loading after ${timeoutMs} ms: ${waiting.map((p) => p.panel.title).join(', ')}`);
+      const waiting = panels
+        .filter(({ runner, transformer }) => !SETTLED.has(runner.state.data?.state) || !SETTLED.has(transformer.state.data?.state))
+        .map(({ panel, runner, transformer }) => `${panel.title} (${runner.state.data?.state}/${transformer.state.data?.state})`);
+      const variables = sceneGraph
+        .getVariables(scene)
+        .state.variables.map((v) => `${v.state.name}=${JSON.stringify(v.state.value)}${v.state.loading ? ' loading' : ''}${v.state.error ? ` error ${v.state.error}` : ''}`);
+      throw new Error(`panels still loading after ${timeoutMs} ms: ${waiting.join(', ')}; variables: ${variables.join(', ')}`);
     }
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
