@@ -92,6 +92,8 @@ class Panel:
     frames: list[Json]
     table: list[Json] | None
     csv: str | None
+    # The frames after the panel's transformations, as DataFrameJSON.
+    data_frames: list[Json] | None
 
     @property
     def queries(self) -> list[Json]:
@@ -140,6 +142,7 @@ def _panel(data: Json) -> Panel:
         frames=list(data["frames"]),
         table=data.get("table"),
         csv=data.get("csv"),
+        data_frames=data.get("dataFrames"),
     )
 
 

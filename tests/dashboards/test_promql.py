@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +28,7 @@ from tests.conftest import require_binary
 from tests.dashboards.common import DASHBOARDS
 from tests.dashboards.grafana_frontend import VERSIONS, Result, Run, datasources, run_answered
 from tests.dashboards.grafana_server import Backends
+from tests.dashboards.stack import running_stack
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.grafana_frontend]
 
@@ -40,39 +37,6 @@ WARM_UP = 25.0
 # Label values with every character that needs care on its way through a URL and PromQL.
 AWKWARD_OBJECT = "o'brien\\ü%$:x"
 AWKWARD_CODE = "Q'UOTE\\BACK%PCT$DOLLAR:COLON_ÜBER"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for(url: str, deadline: float) -> None:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-@dataclass(frozen=True)
-class Stack:
-    prometheus: str
-    store: sa.Engine
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _awkward_rows(engine: sa.Engine) -> None:
@@ -99,90 +63,31 @@ def _awkward_rows(engine: sa.Engine) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Monitored:
+    """A store's Prometheus and the store itself, for independent counts."""
+
+    prometheus: str
+    store: sa.Engine
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
+    """A store with three hours of history and live traffic, the exporter, Prometheus."""
     prometheus_binary = require_binary("prometheus")
     work = tmp_path_factory.mktemp("promql")
     url = f"sqlite:///{work / 'store.db'}"
     engine = sa.create_engine(url)
     create_reference_schema(engine)
     backfill(engine, history_rows=3000, error_rows=400, pending_rows=150, span=3 * 3600.0, seed=3)
-
-    exporter_port, prometheus_port = _free_port(), _free_port()
-    config = work / "exporter.yml"
-    config.write_text(f"stores:\n  - name: main\n    url: '{url}'\n    interval: 1s\n")
-    prometheus_config = work / "prometheus.yml"
-    prometheus_config.write_text(
-        f"global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: crmsync\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{exporter_port}']\n"
-    )
-    logs = work / "logs"
-    logs.mkdir()
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(name: str, command: list[str]) -> None:
-        log = (logs / f"{name}.log").open("wb")
-        processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
-
-    try:
-        start(
-            "simulator",
-            [
-                sys.executable,
-                "-m",
-                "exporter.simulator",
-                "--store.url",
-                url,
-                "--scenario",
-                "steady",
-                "--rate",
-                "10",
-                "--speed",
-                "5",
-                "--error-share",
-                "0.25",
-                "--sync-interval",
-                "0.5",
-                "--seed",
-                "5",
-            ],
-        )
-        start(
-            "exporter",
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--config.file",
-                str(config),
-                "--web.listen-address",
-                f"127.0.0.1:{exporter_port}",
-            ],
-        )
-        start(
-            "prometheus",
-            [
-                prometheus_binary,
-                f"--config.file={prometheus_config}",
-                f"--storage.tsdb.path={work / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prometheus_port}",
-            ],
-        )
-        deadline = time.monotonic() + 30
-        _wait_for(f"http://127.0.0.1:{exporter_port}/metrics", deadline)
-        base = f"http://127.0.0.1:{prometheus_port}"
-        _wait_for(f"{base}/-/ready", deadline)
+    with running_stack(
+        url, work, prometheus_binary, traffic=True, scrape_interval=SCRAPE_INTERVAL
+    ) as running:
         time.sleep(2)
         _awkward_rows(engine)
         time.sleep(WARM_UP)
-        for process in processes:
-            assert process.poll() is None, (logs / "exporter.log").read_text()
-        yield Stack(base, engine)
-    finally:
-        for process in processes:
-            _stop(process)
-        engine.dispose()
+        yield Monitored(running.prometheus, engine)
+    engine.dispose()
 
 
 def _dashboards() -> dict[str, Any]:
@@ -272,7 +177,7 @@ def version(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def results(stack: Stack, version: str) -> dict[tuple[str, str], Result]:
+def results(stack: Monitored, version: str) -> dict[tuple[str, str], Result]:
     """Every dashboard in every state of STATES, through one Grafana frontend."""
     end = datetime.now(UTC)
     runs = [
@@ -419,7 +324,7 @@ def test_the_backlog_view_shows_every_column_filled(
 
 
 def test_the_last_hour_view_reads_na_for_inserts_and_updates(
-    results: dict[tuple[str, str], Result], stack: Stack
+    results: dict[tuple[str, str], Result], stack: Monitored
 ) -> None:
     result = results[("crmsync-status", "last hour")]
     table = result.panel("Sync Status").columns()

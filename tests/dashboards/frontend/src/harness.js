@@ -10,7 +10,7 @@ import './node-env.js';
 
 import { sceneGraph } from '@grafana/scenes';
 
-import { applyFieldConfig, inspectCsv, tableView } from './panel.js';
+import { applyFieldConfig, frameToJSON, inspectCsv, tableView } from './panel.js';
 import { buildScene, runScene } from './scene.js';
 import { resetDatasources, startGrafana } from './services.js';
 
@@ -64,6 +64,8 @@ function panelResult({ panel, runner, transformer }, requests, { scene, view }) 
     const options = { replaceVariables, timeZone };
     result.table = tableView(applyFieldConfig(data.series, panel, options));
     result.csv = inspectCsv(queryData.series, panel, options);
+    // The transformed frames, for a page that renders the panel (src/table-page.jsx).
+    result.dataFrames = data.series.map(frameToJSON);
   }
   return result;
 }

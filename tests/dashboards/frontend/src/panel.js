@@ -3,6 +3,7 @@
 // CSV written by @grafana/data's toCSV.
 import {
   FieldConfigOptionsRegistry,
+  dataFrameToJSON,
   standardFieldConfigEditorRegistry,
   applyFieldOverrides,
   cacheFieldDisplayNames,
@@ -16,6 +17,7 @@ import {
   stringOverrideProcessor,
   thresholdsOverrideProcessor,
   toCSV,
+  unitOverrideProcessor,
   valueMappingsOverrideProcessor,
 } from '@grafana/data';
 
@@ -26,7 +28,7 @@ export const theme = createTheme();
  * that processes values, not the editors. Grafana registers them at boot.
  */
 const STANDARD_FIELD_OPTIONS = [
-    { id: 'unit', path: 'unit', process: stringOverrideProcessor, settings: { expandTemplateVars: true } },
+    { id: 'unit', path: 'unit', process: unitOverrideProcessor, settings: {} },
     { id: 'min', path: 'min', process: numberOverrideProcessor, settings: {} },
     { id: 'max', path: 'max', process: numberOverrideProcessor, settings: {} },
     { id: 'decimals', path: 'decimals', process: numberOverrideProcessor, settings: { min: 0, max: 15, integer: true } },
@@ -139,4 +141,28 @@ export function inspectCsv(querySeries, panel, { replaceVariables, timeZone }) {
   });
   cacheFieldDisplayNames(frames);
   return frames.length ? toCSV([frames[0]], {}) : null;
+}
+
+/**
+ * A frame as DataFrameJSON, NaN and infinities kept as entities the way Grafana's server
+ * writes them (dataFrameToJSON alone would turn them into null).
+ */
+export function frameToJSON(frame) {
+  const json = dataFrameToJSON(frame);
+  const entities = json.data.values.map((values, index) => {
+    const found = {};
+    json.data.values[index] = values.map((value, row) => {
+      if (typeof value !== 'number' || Number.isFinite(value)) {
+        return value;
+      }
+      const kind = Number.isNaN(value) ? 'NaN' : value > 0 ? 'Inf' : 'NegInf';
+      (found[kind] ??= []).push(row);
+      return null;
+    });
+    return Object.keys(found).length ? found : null;
+  });
+  if (entities.some(Boolean)) {
+    json.data.entities = entities;
+  }
+  return json;
 }
