@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +31,7 @@ import sqlalchemy as sa
 
 from exporter.schema import create_reference_schema
 from exporter.simulator import backfill
-from tests.conftest import postgres_schema, require_binary
+from tests.conftest import postgres_schema, require_binary, unavailable
 from tests.dashboards.common import DASHBOARDS, ROOT
 from tests.dashboards.grafana_frontend import (
     FRONTEND,
@@ -46,6 +48,8 @@ from tests.dashboards.grafana_server import Backends, TimeRange, run_sql
 from tests.dashboards.stack import running_stack
 
 VERSION = "11.3"
+# Debian's Chromium (the test image has it at /usr/bin/chromium).
+CHROMIUM = os.environ.get("CHROMIUM", "chromium")
 SCRAPE_INTERVAL = "1s"
 # Grafana's "sm" cell height and header, for a table tall enough to show every row.
 ROW_HEIGHT = 36
@@ -94,12 +98,15 @@ class Drawn:
 def draw(pictures: Sequence[Json], out: Path, version: str = VERSION) -> list[Drawn]:
     """Render panels ({id, file, panel, dataFrames, width, height}) to PNG files in ``out``."""
     ensure_built()
+    if shutil.which(CHROMIUM) is None:
+        unavailable(f"{CHROMIUM} is not installed (apt-get install chromium)")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as listing:
         json.dump(list(pictures), listing)
         listing.flush()
         completed = subprocess.run(
             [node(), str(FRONTEND / "pictures.mjs"), listing.name, str(out), version],
+            env={**os.environ, "CHROMIUM": shutil.which(CHROMIUM) or CHROMIUM},
             capture_output=True,
             text=True,
             timeout=120,
