@@ -798,40 +798,35 @@ class _Builder:
                 decimals=0,
             )
         )
-        board.panel(
-            _stat(
+        for x, title, description, family, label in (
+            (
+                12,
                 "Folded label values",
                 "Distinct store values the exporter reports as 'other': objects and error codes "
                 "over their caps, operations and directions outside the mapping.",
-                "short",
-                _grid(12, y, 6, 4),
-                [
-                    _prom(
-                        f"sum by (label) (crmsync_folded_label_values{{{scope}}})",
-                        legend="{{label}}",
-                    )
-                ],
-                steps=((None, "green"), (1, "orange")),
-                decimals=0,
-            ).text_mode(common.BigValueTextMode.VALUE_AND_NAME)
-        )
-        board.panel(
-            _stat(
+                "crmsync_folded_label_values",
+                "label",
+            ),
+            (
+                18,
                 "Rows stamped in the future",
                 "Rows later than the database's clock (a writer's clock runs ahead): their ages "
                 "and latencies read 0.",
-                "short",
-                _grid(18, y, 6, 4),
-                [
-                    _prom(
-                        f"sum by (table) (crmsync_future_timestamp_rows{{{scope}}})",
-                        legend="{{table}}",
-                    )
-                ],
-                steps=((None, "green"), (1, "orange")),
-                decimals=0,
-            ).text_mode(common.BigValueTextMode.VALUE_AND_NAME)
-        )
+                "crmsync_future_timestamp_rows",
+                "table",
+            ),
+        ):
+            board.panel(
+                _stat(
+                    title,
+                    description,
+                    "short",
+                    _grid(x, y, 6, 4),
+                    [_prom(f"sum by ({label}) ({family}{{{scope}}})", legend=f"{{{{{label}}}}}")],
+                    steps=((None, "green"), (1, "orange")),
+                    decimals=0,
+                ).text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+            )
         board.panel(
             _timeseries(
                 "Collection duration",

@@ -24,6 +24,7 @@ from exporter.labels import label_text
 from exporter.schema import create_reference_schema, sync_error, sync_queue
 from tests.dashboards.common import dashboards, reference_store, sql_of
 from tests.dashboards.grafana import Context, Selection, TimeRange, render_sql, sqlstring
+from tests.test_timezones import queue_table
 
 OBJECTS = ("lead", "contact", "account", "opportunity")
 OPERATIONS = ("insert", "update")
@@ -653,16 +654,7 @@ def test_ages_are_right_in_a_session_far_from_utc(
         if zoned
         else TIMESTAMP
     )
-    queue = sa.Table(
-        "sync_queue",
-        sa.MetaData(),
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("object_type", sa.String(64)),
-        sa.Column("record_id", sa.String(64)),
-        sa.Column("operation", sa.String(16)),
-        sa.Column("direction", sa.String(16)),
-        sa.Column("enqueued_at", column),
-    )
+    queue = queue_table(column)
     queue.create(engine)
     now = datetime.now(UTC)
     ages = {"A": 60.0, "B": 3600.0 * 5 + 30}
