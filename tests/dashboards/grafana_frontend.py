@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +84,7 @@ class Run:
 class Panel:
     id: int
     title: str
+    shown_title: str
     type: str
     requests: list[Json]
     state: str
@@ -134,6 +135,7 @@ def _panel(data: Json) -> Panel:
     return Panel(
         id=int(data["id"]),
         title=str(data["title"]),
+        shown_title=str(data["shownTitle"]),
         type=str(data["type"]),
         requests=list(data["requests"]),
         state=str(data["state"]),
@@ -226,15 +228,20 @@ def run_answered(
     runs: Sequence[Run],
     backends: Backends,
     sources: Sequence[Json] | None = None,
+    panels: Collection[str] | None = None,
 ) -> list[Result]:
-    """Each run twice: to learn the queries the frontend sends, then with the server's answers."""
+    """Each run twice: to learn the queries the frontend sends, then with the server's answers.
+
+    ``panels``: the titles of the panels whose queries run (the others get no data); all when
+    None."""
     _, first = run(version, runs, sources)
     answered = []
     for item, result in zip(runs, first, strict=True):
         assert result.error is None, f"{result.dashboard} at {item.url!r}: {result.error}"
         answers: dict[str, Json] = {}
         for panel in result.panels:
-            answers.update(answer(panel.requests, result.dashboard, panel.id, backends))
+            if panels is None or panel.title in panels:
+                answers.update(answer(panel.requests, result.dashboard, panel.id, backends))
         answered.append(
             Run(
                 item.dashboard,

@@ -70,7 +70,7 @@ class Picture:
 PICTURES = [
     Picture("sync-status-backlog.png", "crmsync-status", "", "Sync Status", 1100),
     Picture("sync-status-last-hour.png", "crmsync-status", "var-view=1", "Sync Status", 1100),
-    Picture("failed-records.png", "crmsync-errors", "", "Failed records", 1800, 520),
+    Picture("failed-records.png", "crmsync-errors", "", "Failed records, page ${page}", 1800, 520),
 ]
 
 
@@ -174,6 +174,7 @@ def listing_entry(index: int, picture: Picture, dashboard: Json, result: Result)
         "id": f"picture{index}",
         "file": picture.file,
         "panel": panel_json,
+        "title": panel.shown_title,
         "dataFrames": panel.data_frames,
         "width": picture.width,
         "height": _height(panel, picture),

@@ -24,6 +24,7 @@ from tests.dashboards.test_sql import (
     LABELS,
     OPERATIONS,
     RANGE,
+    _time_unit,
     expected_failures,
     failures,
     url,
@@ -66,7 +67,9 @@ def test_the_failed_records_table_draws_its_rows(postgres_url: str, tmp_path: Pa
         datasources(),
     )
     engine.dispose()
-    picture = Picture("failed-records.png", "crmsync-errors", state, "Failed records", 1800, 520)
+    picture = Picture(
+        "failed-records.png", "crmsync-errors", state, "Failed records, page ${page}", 1800, 520
+    )
     (drawn,) = draw([listing_entry(0, picture, errors, result)], tmp_path)
 
     width, height = _png_size(drawn.file)
@@ -78,8 +81,10 @@ def test_the_failed_records_table_draws_its_rows(postgres_url: str, tmp_path: Pa
     shown_ids = [line for line in lines if line.startswith("00Q")]
     assert shown_ids == [row[2] for row in expected][: len(shown_ids)]
     assert len(shown_ids) >= 10
-    newest = datetime.fromtimestamp(expected[0][0] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    assert newest in lines
+    shape = {"dateTimeAsIso": "%Y-%m-%d %H:%M:%S", "dateTimeAsLocal": "%m/%d/%Y, %I:%M:%S %p"}
+    newest = datetime.fromtimestamp(expected[0][0] / 1000, UTC).strftime(shape[_time_unit(errors)])
+    assert newest in [line.replace("\u202f", " ") for line in lines]
+    assert "Failed records, page 1" in lines
     assert f"of {len(expected)} rows" in drawn.text
     # The footer counts the failures: "Count" and the number, not the label alone.
     footer = lines[lines.index("Count") :]

@@ -120,8 +120,10 @@ def _states() -> list[State]:
     for uid in DASHBOARD_JSON:
         variables = {v["name"] for v in DASHBOARD_JSON[uid]["templating"]["list"]}
         states.append(State(uid, "default", "", {}))
+        states.append(State(uid, "one job", url(("job", "crmsync")), {"job": ("crmsync",)}))
         if "view" in variables:
             states.append(State(uid, "last hour", url(("view", "1")), {}))
+            states.append(State(uid, "no such job", url(("job", "gone")), {"job": ("gone",)}))
         if uid == "crmsync-object":
             states.append(State(uid, "one object", url(("object", "lead")), {"object": ("lead",)}))
             states.append(
@@ -234,8 +236,9 @@ def test_every_query_runs_and_keeps_to_the_chosen_values(
 
 
 def _view_gated(expr: str) -> str | None:
-    match = re.search(r"vector\((\d)\) == (\d)", expr)
-    return match.group(2) if match else None
+    """The view a query answers in, when it answers in one view only."""
+    gates = set(re.findall(r"vector\(\d\) == (\d)", expr))
+    return gates.pop() if len(gates) == 1 else None
 
 
 @pytest.mark.parametrize("dashboard", sorted(DASHBOARD_JSON), ids=sorted(DASHBOARD_JSON))
@@ -268,7 +271,7 @@ def test_every_query_returns_data_in_its_view(
     ("dashboard", "state", "panel"),
     [
         ("crmsync-object", "awkward object", "Pending inserts"),
-        ("crmsync-errors", "awkward code", "Failed attempts by error code"),
+        ("crmsync-errors", "awkward code", "Failed attempts by ${group:text}"),
     ],
 )
 def test_awkward_label_values_find_their_series(
@@ -284,31 +287,44 @@ def test_awkward_label_values_find_their_series(
 
 BACKLOG_COLUMNS = [
     "Object",
-    "Pending inserts",
+    "Inserts",
+    "Updates",
     "Oldest pending insert",
-    "Pending updates",
     "Oldest pending update",
 ]
-LAST_HOUR_COLUMNS = ["Object", "Inserts", "Updates", "Synced in the last full hour"]
 
 
-def _synced_last_full_hour(store: sa.Engine, at: datetime) -> dict[str, int]:
-    """The store's own count of the full UTC hour before ``at``, per object."""
-    end = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+def _synced_in_hour(store: sa.Engine, start: datetime) -> dict[str, int]:
+    """The store's own count of changes synced in the hour from ``start``, per object."""
+    begin = start.astimezone(UTC).replace(tzinfo=None)
     query = (
         sa.select(sa.func.lower(sync_history.c.object_type), sa.func.count())
-        .where(sync_history.c.synced_at >= end - timedelta(hours=1))
-        .where(sync_history.c.synced_at < end)
+        .where(sync_history.c.synced_at >= begin)
+        .where(sync_history.c.synced_at < begin + timedelta(hours=1))
         .group_by(sa.func.lower(sync_history.c.object_type))
     )
     with store.connect() as connection:
         return {str(obj): int(n) for obj, n in connection.execute(query)}
 
 
-def result_time(result: Result) -> datetime:
-    """When the panels' queries ran: the end of their time range."""
-    body = next(panel.requests[0] for panel in result.panels if panel.requests)
-    return datetime.fromtimestamp(int(body["to"]) / 1000, UTC)
+def _last_hour(result: Result) -> tuple[datetime, datetime]:
+    """The hour the Last hour view shows, from the dashboard's variables (milliseconds)."""
+    start = float(result.variables["last_hour_start"]["value"])
+    end = float(result.variables["last_hour_end"]["value"])
+    return datetime.fromtimestamp(start / 1000, UTC), datetime.fromtimestamp(end / 1000, UTC)
+
+
+def test_the_last_hour_is_a_full_clock_hour_and_named(
+    results: dict[tuple[str, str], Result],
+) -> None:
+    result = results[("crmsync-status", "default")]
+    start, end = _last_hour(result)
+    assert end - start == timedelta(hours=1)
+    assert start.minute == start.second == 0
+    assert end <= datetime.now(UTC)
+    named = f"Synced {start:%H:%M}-{end:%H:%M}"
+    titles = [panel.shown_title for panel in result.panels]
+    assert named in titles, titles
 
 
 def test_the_backlog_view_shows_every_column_filled(
@@ -316,7 +332,7 @@ def test_the_backlog_view_shows_every_column_filled(
 ) -> None:
     table = results[("crmsync-status", "default")].panel("Sync Status").columns()
     assert set(table["Object"]) >= {"lead", "contact", "account", "opportunity"}
-    for name in ("Pending inserts", "Pending updates"):
+    for name in ("Inserts", "Updates"):
         assert all(re.fullmatch(r"\d+", text) for text in table[name]), table[name]
     empty = [name for name, texts in table.items() if not any(texts)]
     assert empty == [], f"empty columns in the Backlog view: {empty}"
@@ -327,12 +343,37 @@ def test_the_last_hour_view_reads_na_for_inserts_and_updates(
     results: dict[tuple[str, str], Result], stack: Monitored
 ) -> None:
     result = results[("crmsync-status", "last hour")]
+    start, end = _last_hour(result)
+    synced = f"Synced {start:%H:%M}-{end:%H:%M}"
     table = result.panel("Sync Status").columns()
-    shown = dict(zip(table["Object"], table["Synced in the last full hour"], strict=True))
-    counted = _synced_last_full_hour(stack.store, result_time(result))
-    assert {obj: int(text) for obj, text in shown.items() if int(text)} == counted
+    assert list(table) == ["Object", "Inserts", "Updates", synced]
     assert set(table["Inserts"]) == {"N/A"}
     assert set(table["Updates"]) == {"N/A"}
-    empty = [name for name, texts in table.items() if not any(texts)]
-    assert empty == [], f"empty columns in the Last hour view: {empty}"
-    assert list(table) == LAST_HOUR_COLUMNS
+    shown = dict(zip(table["Object"], table[synced], strict=True))
+    counted = _synced_in_hour(stack.store, start)
+    assert {obj: int(text) for obj, text in shown.items() if int(text)} == counted
+
+
+def test_store_readable_reads_down_when_no_exporter_answers(
+    results: dict[tuple[str, str], Result],
+) -> None:
+    def shown(state: str) -> list[str]:
+        panel = results[("crmsync-status", state)].panel("Store readable")
+        return [text for frame in panel.table or [] for f in frame["fields"] for text in f["texts"]]
+
+    assert "UP" in shown("default")
+    assert "DOWN" in shown("no such job")
+
+
+@pytest.mark.parametrize("dashboard", sorted(DASHBOARD_JSON))
+def test_every_variable_finds_its_values(
+    results: dict[tuple[str, str], Result], dashboard: str
+) -> None:
+    """Each query variable reads values from Prometheus through the real datasource."""
+    variables = results[(dashboard, "default")].variables
+    empty = [
+        name
+        for name, state in variables.items()
+        if state["type"] == "query" and not state["options"] and state["value"] in ("", None, [])
+    ]
+    assert empty == [], f"{dashboard}: no values for {empty}"

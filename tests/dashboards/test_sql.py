@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,8 +22,10 @@ import sqlalchemy as sa
 
 from exporter.config import StoreConfig, parse_config
 from exporter.dashboards import Json, Options, build_dashboards
+from exporter.labels import label_text
 from exporter.schema import create_reference_schema, sync_error, sync_queue
-from tests.dashboards.common import dashboards
+from tests.dashboards.common import dashboards, reference_store
+from tests.dashboards.conftest import empty_database, store_engine
 from tests.dashboards.grafana_frontend import (
     SQL_PLUGINS,
     VERSIONS,
@@ -33,6 +35,7 @@ from tests.dashboards.grafana_frontend import (
     run_answered,
 )
 from tests.dashboards.grafana_server import Backends, SqlDialect, TimeRange, run_sql
+from tests.test_timezones import queue_table
 
 pytestmark = [pytest.mark.grafana_frontend, pytest.mark.postgres, pytest.mark.mariadb]
 
@@ -62,6 +65,9 @@ LONG_TAIL = " and then ".join(f"step {n} went wrong (état {n})" for n in range(
 TIMESTAMP = sa.DateTime().with_variant(sa.dialects.mysql.DATETIME(fsp=6), "mysql", "mariadb")
 ANCHOR = datetime(2026, 3, 2, 12, 0, 0)
 RANGE = TimeRange(ANCHOR.replace(tzinfo=UTC) - timedelta(hours=2), ANCHOR.replace(tzinfo=UTC))
+FAILED = "Failed records, page ${page}"
+MATCHING = "Matching failed records"
+TOP_CODES = "Top error codes"
 LABELS = {
     "store": ["main"],
     "object": list(OBJECTS),
@@ -192,6 +198,8 @@ ATTACKS = [
     "${object}",
     "%' OR '%'='",
     "&var-object=$__all&x=",
+    "All' OR 'a'='a",
+    "$__all') OR ('1'='1",
 ]
 SEARCHES = [
     "O'Brien",
@@ -206,6 +214,7 @@ SEARCHES = [
     "00Q000101",
     "REQUEST_LIMIT",
     "record 3;",
+    "see record 5; it's",
     "pct$dollar:colon_über",
 ]
 STATES = [
@@ -243,8 +252,9 @@ STATES = [
     *[State(f"hostile search {text}", url(("search", text)), {"search": text}) for text in ATTACKS],
     *[
         State(f"hostile object {text}", url(("object", text)), {"objects": (text,)})
-        for text in ATTACKS
+        for text in (*ATTACKS[:4], *ATTACKS[-3:])
     ],
+    *[State(f"hostile page {text}", url(("page", text))) for text in ATTACKS[-3:]],
     State(
         "hostile values among real ones",
         url(("object", "lead"), ("object", ATTACKS[0]), ("error_code", ATTACKS[3])),
@@ -357,9 +367,15 @@ class Store:
     def runs(self, dashboard: Json, urls: Sequence[str]) -> list[Run]:
         return [Run(dashboard, u, RANGE.start, RANGE.end, labels=LABELS) for u in urls]
 
-    def browse(self, version: str, dashboard: Json, urls: Sequence[str]) -> list[Result]:
+    def browse(
+        self,
+        version: str,
+        dashboard: Json,
+        urls: Sequence[str],
+        panels: Sequence[str] | None = None,
+    ) -> list[Result]:
         return run_answered(
-            version, self.runs(dashboard, urls), self.backends, datasources(self.dialect)
+            version, self.runs(dashboard, urls), self.backends, datasources(self.dialect), panels
         )
 
     def count_errors(self) -> int:
@@ -401,7 +417,7 @@ def version(request: pytest.FixtureRequest) -> str:
 def browsed(store: Store, version: str) -> dict[str, Result]:
     """The errors browser in every state of STATES, through one Grafana frontend."""
     errors = dashboards(None, store.dialect)["crmsync-errors"]
-    results = store.browse(version, errors, [state.url for state in STATES])
+    results = store.browse(version, errors, [state.url for state in STATES], (FAILED, MATCHING))
     return {state.name: result for state, result in zip(STATES, results, strict=True)}
 
 
@@ -432,6 +448,14 @@ def stat_value(result: Result, title: str) -> float | None:
     return None
 
 
+def matching(result: Result) -> tuple[int, int]:
+    """Matching failed records: the count, and the pages it makes."""
+    panel = result.panel(MATCHING)
+    assert panel.errors == [], f"{MATCHING}: {panel.errors}"
+    columns = {column["name"]: column["values"] for column in panel.table[0]["fields"]}  # type: ignore[index]
+    return int(columns["matching failed records"][0]), int(columns["pages"][0])
+
+
 @pytest.mark.parametrize("state", STATES, ids=[state.name for state in STATES])
 def test_failed_records_follow_the_variables(
     browsed: dict[str, Result], store: Store, state: State
@@ -441,8 +465,8 @@ def test_failed_records_follow_the_variables(
     expected = expected_failures(failures(), **state.filters)
     if not state.name.startswith("hostile"):
         assert expected, f"the test data should match {state.name}"
-    assert table_rows(result, "Failed records") == expected[:500]
-    assert stat_value(result, "Matching failed records") == len(expected)
+    assert table_rows(result, FAILED) == expected[:500]
+    assert matching(result)[0] == len(expected)
 
 
 def test_typed_text_changed_no_table(browsed: dict[str, Result], store: Store) -> None:
@@ -455,14 +479,30 @@ def _csv_cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _time_unit(errors: Json) -> str:
+    panel = next(p for p in errors["panels"] if p["title"] == FAILED)
+    return str(
+        next(
+            prop["value"]
+            for override in panel["fieldConfig"]["overrides"]
+            if override["matcher"]["options"] == "time"
+            for prop in override["properties"]
+            if prop["id"] == "unit"
+        )
+    )
+
+
 def test_the_failed_records_read_and_export_as_shown(browsed: dict[str, Result]) -> None:
-    """Times read as ISO dates in the table; Inspect > Data > Download CSV has every row."""
+    """Times read as dates in the table; Inspect > Data > Download CSV has every row."""
     result = browsed["search O'Brien"]
     expected = expected_failures(failures(), search="O'Brien")
-    panel = result.panel("Failed records")
+    panel = result.panel(FAILED)
     columns = panel.columns()
-    assert columns["time"] == [
-        datetime.fromtimestamp(row[0] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") for row in expected
+    unit = _time_unit(dashboards(None, "postgresql")["crmsync-errors"])
+    # dateTimeAsLocal follows the browser's locale: en-US in the harness (jsdom), UTC.
+    shape = {"dateTimeAsIso": "%Y-%m-%d %H:%M:%S", "dateTimeAsLocal": "%m/%d/%Y, %I:%M:%S %p"}
+    assert [text.replace("\u202f", " ") for text in columns["time"]] == [
+        datetime.fromtimestamp(row[0] / 1000, UTC).strftime(shape[unit]) for row in expected
     ]
     assert panel.csv is not None
     exported = list(csv.reader(io.StringIO(panel.csv)))
@@ -506,16 +546,190 @@ def test_grafanas_sqlstring_format_is_injectable_on_mariadb(store: Store, versio
     assert matched == (len(failures()) if store.dialect == "mysql" else 0)
 
 
-def test_the_page_is_bounded_and_the_count_is_not(store: Store, version: str) -> None:
-    small = build_dashboards(
-        parse_config("stores:\n  - name: main\n    url: 'postgresql+psycopg://x@y/z'\n").stores[0],
-        Options(dialect=store.dialect, page_size=10),
-    )
-    errors = next(d for d in small.values() if d["uid"] == "crmsync-errors")
-    (result,) = store.browse(version, errors, [""])
+def test_pages_reach_every_matching_record_and_the_total_is_shown(
+    store: Store, version: str
+) -> None:
+    """Pages of 10 through the 62 matching failures: 7 pages, the last one of 2 rows; a page
+    that is no page number shows the first."""
+    built = build_dashboards(reference_store(), Options(dialect=store.dialect, page_size=10))
+    errors = next(d for d in built.values() if d["uid"] == "crmsync-errors")
+    odd = ("0", "-3", "x", "")
+    urls = [url(("page", str(page))) for page in range(1, 9)] + [url(("page", p)) for p in odd]
+    results = store.browse(version, errors, urls, (FAILED, MATCHING))
     expected = expected_failures(failures())
-    assert table_rows(result, "Failed records") == expected[:10]
-    assert stat_value(result, "Matching failed records") == len(expected) > 10
+    pages = [table_rows(result, FAILED) for result in results[:8]]
+    assert [len(rows) for rows in pages] == [10, 10, 10, 10, 10, 10, 2, 0]
+    assert [row for rows in pages for row in rows] == expected
+    assert matching(results[0]) == (62, 7)
+    for result in results[8:]:
+        assert table_rows(result, FAILED) == expected[:10], f"at {result.url!r}"
+
+
+def test_top_error_codes_count_share_last_seen_and_newest_message(
+    store: Store, version: str
+) -> None:
+    """The codes of the matching failures, most frequent first; the code filter does not narrow
+    this table, it is where a code is picked."""
+    errors = dashboards(None, store.dialect)["crmsync-errors"]
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("", {}),
+        (url(("object", "lead"), ("error_code", "FIELD_INTEGRITY")), {"objects": ("lead",)}),
+    ]
+    results = store.browse(version, errors, [case for case, _ in cases], (TOP_CODES,))
+    columns = ("error code", "failures", "share", "last seen", "example message")
+    for (_, filters), result in zip(cases, results, strict=True):
+        rows = expected_failures(failures(), **filters)
+        by_code: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:  # newest first
+            by_code.setdefault(row[6], []).append(row)
+        expected = sorted(
+            (
+                (code, len(mine), len(mine) / len(rows), mine[0][0], mine[0][7])
+                for code, mine in by_code.items()
+            ),
+            key=lambda item: (-item[1], item[0]),
+        )
+        shown = table_rows(result, TOP_CODES, columns)
+        assert [row[:2] for row in shown] == [row[:2] for row in expected]
+        for got, want in zip(shown, expected, strict=True):
+            assert got[2] == pytest.approx(want[2])
+            assert got[3:] == want[3:]
+        # Each code opens the browser filtered to it, the other filters kept.
+        panel = result.panel(TOP_CODES)
+        (frame,) = panel.table or []
+        (code_column,) = [c for c in frame["fields"] if c["name"] == "error code"]
+        for code, links in zip(code_column["values"], code_column["links"], strict=True):
+            (link,) = links
+            assert f"var-error_code={quote(code, safe='')}" in link["href"], link["href"]
+
+
+# --- labels as the exporter gives them ------------------------------------------------------
+
+ODD_FAILURES = [
+    # object, operation, direction, error_code as stored
+    (" LEAD ", "INSERT", "to_crm", " DUPLICATE_VALUE\t"),
+    ("lead", "insert", "to_crm", ""),
+    ("contact", "update", "from_crm", "   "),
+    ("contact", "update", "from_crm", "X" * 70),
+    ("account", "insert", "to_crm", "TOTALLY_NEW_CODE"),
+    ("Campaign", "insert", "to_crm", "DUPLICATE_VALUE"),
+    ("campaign_member", "delete", "sideways", "DUPLICATE_VALUE"),
+]
+# What the exporter reports (its caps already full): the Prometheus label values the
+# dashboards' hidden "reported" variables read.
+REPORTED_CODES = (*CODES, "unknown", "X" * 64, "other")
+REPORTED_OBJECTS = (*OBJECTS, "campaign", "other")
+REPORTED = {**LABELS, "object": list(REPORTED_OBJECTS), "error_code": list(REPORTED_CODES)}
+LABEL_CASES = [
+    ("error_code", "other"),
+    ("error_code", "unknown"),
+    ("error_code", "DUPLICATE_VALUE"),
+    ("error_code", "X" * 64),
+    ("object", "other"),
+    ("object", "lead"),
+    ("object", "campaign"),
+    ("operation", "other"),
+    ("direction", "other"),
+]
+
+
+def _labels(row: tuple[str, str, str, str]) -> tuple[str, str, str, str]:
+    """The exporter's label values of a stored row, given what it reports."""
+    obj, operation, direction, code = row
+    object_text = label_text(obj, lower=True)
+    code_text = label_text(code, lower=False)
+    operation_text = label_text(operation, lower=True)
+    direction_text = label_text(direction, lower=True)
+    return (
+        object_text if object_text in REPORTED_OBJECTS else "other",
+        operation_text if operation_text in OPERATIONS else "other",
+        direction_text if direction_text in DIRECTIONS else "other",
+        code_text if code_text in REPORTED_CODES else "other",
+    )
+
+
+@pytest.fixture(scope="module")
+def odd_store(sql_server: tuple[sa.Engine, SqlDialect]) -> Iterator[Store]:
+    """The failures again, and rows whose values the exporter folds, blanks, cuts or strips."""
+    _, dialect = sql_server
+    with empty_database(dialect) as database_url:
+        engine = store_engine(database_url, dialect)
+        create_reference_schema(engine)
+        moment = ANCHOR - timedelta(minutes=30)
+        with engine.begin() as connection:
+            # A mapped store's code column may be longer than the exporter's labels.
+            connection.exec_driver_sql(
+                "ALTER TABLE sync_error ALTER COLUMN error_code TYPE varchar(255)"
+                if dialect == "postgresql"
+                else "ALTER TABLE sync_error MODIFY error_code VARCHAR(255) NOT NULL"
+            )
+            connection.execute(
+                sync_error.insert(),
+                [{**vars(row), "object_type": row.object} for row in failures()]
+                + [
+                    {
+                        "id": 1000 + index,
+                        "failed_at": moment + timedelta(seconds=index),
+                        "object_type": obj,
+                        "record_id": f"ODD{index}",
+                        "record_name": None,
+                        "operation": operation,
+                        "direction": direction,
+                        "error_code": code,
+                        "error_message": f"odd {index}",
+                    }
+                    for index, (obj, operation, direction, code) in enumerate(ODD_FAILURES)
+                ],
+            )
+        yield Store(engine, dialect, datetime.now(UTC), [])
+        engine.dispose()
+
+
+def test_folded_and_blank_values_are_found_under_the_exporters_labels(
+    odd_store: Store, version: str
+) -> None:
+    """A series labelled other or unknown leads to its records: the exporter's rules in SQL."""
+    errors = dashboards(None, odd_store.dialect)["crmsync-errors"]
+    runs = [
+        Run(errors, url((variable, value)), RANGE.start, RANGE.end, labels=REPORTED)
+        for variable, value in LABEL_CASES
+    ]
+    results = run_answered(
+        version, runs, odd_store.backends, datasources(odd_store.dialect), (FAILED,)
+    )
+    for (variable, value), result in zip(LABEL_CASES, results, strict=True):
+        position = {"object": 0, "operation": 1, "direction": 2, "error_code": 3}[variable]
+        expected_ids = sorted(
+            f"ODD{index}"
+            for index, row in enumerate(ODD_FAILURES)
+            if _labels(row)[position] == value
+        )
+        expected_ids += sorted(
+            row.record_id
+            for row in failures()
+            if RANGE.start <= row.failed_at.replace(tzinfo=UTC) <= RANGE.end
+            and (row.object, row.operation, row.direction, row.error_code)[position] == value
+        )
+        assert expected_ids
+        rows = table_rows(result, FAILED)
+        assert sorted(row[2] for row in rows) == sorted(expected_ids), f"{variable}={value}"
+        # Shown as the store has them, stripped and cut as labels are.
+        for row in rows:
+            if row[2].startswith("ODD"):
+                obj, _, _, code = ODD_FAILURES[int(row[2].removeprefix("ODD"))]
+                assert row[1] == label_text(obj, lower=True)
+                assert row[6] == label_text(code, lower=False)
+
+
+def test_without_a_list_of_reported_values_nothing_is_called_other(
+    store: Store, version: str
+) -> None:
+    """No Prometheus data (no label values): the store's values are taken as they are."""
+    errors = dashboards(None, store.dialect)["crmsync-errors"]
+    empty: dict[str, list[str]] = {name: [] for name in LABELS}
+    run_ = Run(errors, url(("error_code", "FIELD_INTEGRITY")), RANGE.start, RANGE.end, labels=empty)
+    (result,) = run_answered(version, [run_], store.backends, datasources(store.dialect), (FAILED,))
+    assert table_rows(result, FAILED) == expected_failures(failures(), codes=("FIELD_INTEGRITY",))
 
 
 def test_oldest_pending_records_are_the_oldest_of_each_operation(
@@ -549,9 +763,10 @@ def test_oldest_pending_records_are_the_oldest_of_each_operation(
             (_ms(r["enqueued_at"]), r["record_id"], r["operation"], r["direction"])
             for r in expected
         ], f"at {result.url!r}"
+        since_fill = (datetime.now(UTC).replace(tzinfo=None) - store.now).total_seconds()
         for row, want in zip(rows, expected, strict=True):
             age = (store.now - want["enqueued_at"]).total_seconds()
-            assert age <= float(row[4]) < age + 120
+            assert age - 1 <= float(row[4]) <= age + since_fill + 5
 
 
 def test_a_mapped_single_table_store_gets_sql_that_fits_it(store: Store, version: str) -> None:
@@ -565,10 +780,68 @@ def test_a_mapped_single_table_store_gets_sql_that_fits_it(store: Store, version
         ),
         State("search", url(("search", "O'Brien")), {"search": "O'Brien"}),
     ]
-    results = store.browse(version, errors, [case.url for case in cases])
+    results = store.browse(version, errors, [case.url for case in cases], (FAILED,))
     failed = [row for row in failures() if row.id % 5]
     for case, result in zip(cases, results, strict=True):
-        assert table_rows(result, "Failed records") == expected_failures(failed, **case.filters)
-    sql = results[0].panel("Failed records").texts()[0]
+        assert table_rows(result, FAILED) == expected_failures(failed, **case.filters)
+    sql = results[0].panel(FAILED).texts()[0]
     assert "sync_error" not in sql
     assert "crm_change" in sql
+
+
+# PostgreSQL takes the zone's name; this MariaDB has no time zone tables, so Berlin's offset.
+BERLIN = {"postgresql": "Europe/Berlin", "mysql": "+01:00"}
+
+
+@pytest.mark.parametrize(
+    "zoned", [False, True], ids=["timestamp|DATETIME", "timestamptz|TIMESTAMP"]
+)
+def test_ages_are_right_in_a_session_far_from_utc(
+    sql_server: tuple[sa.Engine, SqlDialect], version: str, zoned: bool
+) -> None:
+    """A change enqueued a minute ago is a minute old, whatever the column type and session."""
+    _, dialect = sql_server
+    column = (
+        sa.TIMESTAMP(timezone=True)
+        if zoned and dialect == "postgresql"
+        else sa.dialects.mysql.TIMESTAMP(fsp=6)
+        if zoned
+        else TIMESTAMP
+    )
+    ages = {"A": 60.0, "B": 3600.0 * 5 + 30}
+    with empty_database(dialect) as database_url:
+        writer = store_engine(database_url, dialect, time_zone="+00:00")
+        queue = queue_table(column)
+        queue.create(writer)
+        now = datetime.now(UTC)
+        with writer.begin() as connection:
+            connection.execute(
+                queue.insert(),
+                [
+                    {
+                        "object_type": "lead",
+                        "record_id": record,
+                        "operation": "insert",
+                        "direction": "to_crm",
+                        # Written through a UTC session: the instant, whatever the type.
+                        "enqueued_at": (now - timedelta(seconds=age)).replace(tzinfo=None),
+                    }
+                    for record, age in ages.items()
+                ],
+            )
+        writer.dispose()
+        berlin = store_engine(database_url, dialect, time_zone=BERLIN[dialect])
+        store = Store(berlin, dialect, now, [])
+        detail = dashboards(None, dialect)["crmsync-object"]
+        (result,) = store.browse(version, detail, [url(("object", "lead"))])
+        berlin.dispose()
+    elapsed = (datetime.now(UTC) - now).total_seconds()
+    rows = table_rows(
+        result,
+        "Oldest pending records",
+        ("enqueued_at", "record_id", "operation", "direction", "age"),
+    )
+    served = {row[1]: float(row[4]) for row in rows}
+    assert set(served) == set(ages)
+    for record, age in ages.items():
+        assert age - 1 <= served[record] <= age + elapsed + 1, (record, served[record])

@@ -30,12 +30,22 @@ const context = await chromium.launchPersistentContext(profile, {
     '--disable-sync',
   ],
   viewport: { width: 1600, height: 1000 },
+  // A browser in the en-US locale and UTC: the pictures read the same wherever they are drawn.
+  locale: 'en-US',
+  timezoneId: 'UTC',
   deviceScaleFactor: 1,
 });
 try {
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (error) => errors.push(String(error)));
+  // Resources the page asks for beyond the table (Grafana's icon files) are not served: their
+  // console errors are no failure.
+  page.on('console', (message) => {
+    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
+      errors.push(message.text());
+    }
+  });
   // Served from an http origin of its own (the page needs localStorage), from this process:
   // nothing reaches the network.
   const files = {
@@ -54,7 +64,11 @@ try {
   for (const picture of pictures) {
     const element = page.locator(`#${picture.id}`);
     // The table draws its rows once it has measured itself: wait for a cell (or "No data").
-    await element.locator('[role="cell"], [data-no-data]').first().waitFor({ timeout: 15000 });
+    try {
+      await element.locator('[role="cell"], [data-no-data]').first().waitFor({ timeout: 15000 });
+    } catch (error) {
+      throw new Error(`${picture.file} did not draw: ${[error, ...errors].join('\n')}`);
+    }
     const file = path.join(outDir, picture.file);
     await element.screenshot({ path: file });
     // One JSON line per picture: the file, and the text a person reads in it.

@@ -52,6 +52,8 @@ function panelResult({ panel, runner, transformer }, requests, { scene, view }) 
   const result = {
     id: panel.id,
     title: panel.title,
+    // The title as the panel shows it, its variables replaced.
+    shownTitle: sceneGraph.interpolate(runner, panel.title),
     type: panel.type,
     requests: requests.filter((request) => String(request.panel) === String(panel.id)).map((r) => r.body),
     state: data.state,

@@ -2,7 +2,10 @@
 // @grafana/data, each cell formatted by its display processor, and Inspect > Data > Download
 // CSV written by @grafana/data's toCSV.
 import {
-  FieldConfigOptionsRegistry,
+  PanelPlugin,
+  getPanelOptionsWithDefaults,
+  FieldType,
+  ThresholdsMode,
   dataFrameToJSON,
   standardFieldConfigEditorRegistry,
   applyFieldOverrides,
@@ -17,9 +20,9 @@ import {
   stringOverrideProcessor,
   thresholdsOverrideProcessor,
   toCSV,
-  unitOverrideProcessor,
   valueMappingsOverrideProcessor,
 } from '@grafana/data';
+import { defaultTableFieldOptions } from '@grafana/schema';
 
 export const theme = createTheme();
 
@@ -28,18 +31,51 @@ export const theme = createTheme();
  * that processes values, not the editors. Grafana registers them at boot.
  */
 const STANDARD_FIELD_OPTIONS = [
-    { id: 'unit', path: 'unit', process: unitOverrideProcessor, settings: {} },
-    { id: 'min', path: 'min', process: numberOverrideProcessor, settings: {} },
-    { id: 'max', path: 'max', process: numberOverrideProcessor, settings: {} },
-    { id: 'decimals', path: 'decimals', process: numberOverrideProcessor, settings: { min: 0, max: 15, integer: true } },
-    { id: 'displayName', path: 'displayName', process: displayNameOverrideProcessor, settings: {} },
-    { id: 'color', path: 'color', process: identityOverrideProcessor, settings: {} },
-    { id: 'thresholds', path: 'thresholds', process: thresholdsOverrideProcessor, settings: {} },
-    { id: 'mappings', path: 'mappings', process: valueMappingsOverrideProcessor, settings: {} },
-    { id: 'noValue', path: 'noValue', process: stringOverrideProcessor, settings: {} },
-    { id: 'links', path: 'links', process: dataLinksOverrideProcessor, settings: {} },
-    { id: 'filterable', path: 'filterable', process: identityOverrideProcessor, settings: {}, hideFromDefaults: true },
+  { id: 'unit', path: 'unit', process: stringOverrideProcessor, settings: { placeholder: 'none' } },
+  { id: 'min', path: 'min', process: numberOverrideProcessor, settings: {}, shouldApply: isNumber },
+  { id: 'max', path: 'max', process: numberOverrideProcessor, settings: {}, shouldApply: isNumber },
+  {
+    id: 'decimals',
+    path: 'decimals',
+    process: numberOverrideProcessor,
+    settings: { min: 0, max: 15, integer: true },
+    shouldApply: isNumber,
+  },
+  {
+    id: 'displayName',
+    path: 'displayName',
+    process: displayNameOverrideProcessor,
+    settings: { placeholder: 'none', expandTemplateVars: true },
+  },
+  { id: 'color', path: 'color', process: identityOverrideProcessor, settings: { byValueSupport: true, preferThresholdsMode: true } },
+  { id: 'noValue', path: 'noValue', process: stringOverrideProcessor, settings: { placeholder: '-' } },
+  { id: 'links', path: 'links', process: dataLinksOverrideProcessor, settings: { placeholder: '-' } },
+  {
+    id: 'mappings',
+    path: 'mappings',
+    process: valueMappingsOverrideProcessor,
+    settings: {},
+    defaultValue: [],
+    shouldApply: (field) => field.type !== FieldType.time,
+  },
+  {
+    id: 'thresholds',
+    path: 'thresholds',
+    process: thresholdsOverrideProcessor,
+    settings: {},
+    defaultValue: {
+      mode: ThresholdsMode.Absolute,
+      steps: [
+        { value: -Infinity, color: 'green' },
+        { value: 80, color: 'red' },
+      ],
+    },
+  },
 ].map(registryItem);
+
+function isNumber(field) {
+  return field.type === FieldType.number;
+}
 
 function registryItem(item) {
   return { name: item.id, editor: () => null, override: () => null, shouldApply: () => true, ...item };
@@ -48,30 +84,63 @@ function registryItem(item) {
 standardFieldConfigEditorRegistry.setInit(() => STANDARD_FIELD_OPTIONS);
 
 /**
- * A panel plugin's registry: the standard options and the plugin's own (`custom.*`). Each
- * custom option the panel sets is taken as given, as the table panel's options are.
+ * The panel's plugin as far as field config goes: the standard options and the plugin's own
+ * (`custom.*`). The table panel's own options default as public/app/plugins/panel/table/module.tsx
+ * sets them (@grafana/schema's defaultTableFieldOptions; @grafana/ui's Table needs them); any
+ * other custom option the panel sets is taken as given.
  */
-export function fieldConfigRegistry(fieldConfig) {
-  const custom = new Set(Object.keys(fieldConfig?.defaults?.custom ?? {}));
-  for (const override of fieldConfig?.overrides ?? []) {
+export function panelPlugin(panel) {
+  const defaults = panel.type === 'table' ? { ...defaultTableFieldOptions, filterable: false } : {};
+  const custom = new Set([...Object.keys(defaults), ...Object.keys(panel.fieldConfig?.defaults?.custom ?? {})]);
+  for (const override of panel.fieldConfig?.overrides ?? []) {
     for (const property of override.properties ?? []) {
       if (property.id.startsWith('custom.')) {
         custom.add(property.id.slice('custom.'.length));
       }
     }
   }
-  const items = [...custom].map((path) =>
-    registryItem({ id: `custom.${path}`, path, isCustom: true, process: identityOverrideProcessor, settings: {} })
-  );
-  return new FieldConfigOptionsRegistry(() => [...STANDARD_FIELD_OPTIONS, ...items]);
+  const plugin = new PanelPlugin(() => null).useFieldConfig({
+    useCustomConfig: (builder) => {
+      for (const path of custom) {
+        builder.addCustomEditor({
+          id: path,
+          path,
+          name: path,
+          editor: () => null,
+          override: () => null,
+          process: identityOverrideProcessor,
+          shouldApply: () => true,
+          defaultValue: defaults[path],
+        });
+      }
+    },
+  });
+  plugin.meta = { id: panel.type, name: panel.type };
+  return plugin;
 }
 
-/** What VizPanel.applyFieldConfig does with the transformed frames. */
+/** The panel's options and field config with its plugin's defaults, as VizPanel keeps them. */
+export function withDefaults(panel) {
+  const plugin = panelPlugin(panel);
+  const { options, fieldConfig } = getPanelOptionsWithDefaults({
+    plugin,
+    currentOptions: panel.options ?? {},
+    currentFieldConfig: panel.fieldConfig ?? { defaults: {}, overrides: [] },
+    isAfterPluginChange: false,
+  });
+  return { plugin, options, fieldConfig };
+}
+
+/**
+ * What VizPanel does with the transformed frames: the panel's field config with the plugin's
+ * defaults (getPanelOptionsWithDefaults), applied by applyFieldOverrides.
+ */
 export function applyFieldConfig(series, panel, { replaceVariables, timeZone }) {
+  const { plugin, fieldConfig } = withDefaults(panel);
   return applyFieldOverrides({
     data: series,
-    fieldConfig: panel.fieldConfig ?? { defaults: {}, overrides: [] },
-    fieldConfigRegistry: fieldConfigRegistry(panel.fieldConfig),
+    fieldConfig,
+    fieldConfigRegistry: plugin.fieldConfigRegistry,
     replaceVariables,
     theme,
     timeZone,

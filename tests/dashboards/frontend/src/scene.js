@@ -176,11 +176,13 @@ export async function runScene({ scene, panels }, { timeoutMs = 20000 } = {}) {
     item.activate();
   }
   const deadline = Date.now() + timeoutMs;
+  const variableSet = scene.state.$variables;
   const settled = () =>
+    // Variables no query waits for (a title's, an override's) must have their values too.
+    variableSet.state.variables.every((v) => !variableSet.isVariableLoadingOrWaitingToUpdate(v)) &&
     panels.every(
       ({ runner, transformer }) =>
         SETTLED.has(runner.state.data?.state) &&
-        runner.state.data?.series === runner.state.data?.series &&
         transformer.state.data !== undefined &&
         SETTLED.has(transformer.state.data.state)
     );

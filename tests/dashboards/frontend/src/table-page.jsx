@@ -1,6 +1,6 @@
 // A page that renders table panels with @grafana/ui's Table, as Grafana's table panel does.
 //
-// window.renderPanels([{id, panel, dataFrames, width, height}]) draws each panel (title and
+// window.renderPanels([{id, panel, title, dataFrames, width, height}]) draws each panel (title and
 // table, in Grafana's dark theme) from the frames the harness produced: the frames after the
 // panel's transformations, given the panel's field config here as Grafana's panel does.
 import { createRoot } from 'react-dom/client';
@@ -8,12 +8,12 @@ import { createRoot } from 'react-dom/client';
 import { dataFrameFromJSON } from '@grafana/data';
 import { GlobalStyles, Table } from '@grafana/ui';
 
-import { applyFieldConfig, theme } from './panel.js';
+import { applyFieldConfig, theme, withDefaults } from './panel.js';
 
 // Grafana's table columns are at least this wide: the picture grows to show every column.
 const COLUMN_WIDTH = 160;
 
-function Panel({ panel, frame, width, height }) {
+function Panel({ panel, title, frame, width, height }) {
   const options = panel.options ?? {};
   width = Math.max(width, (frame?.fields.length ?? 0) * COLUMN_WIDTH);
   const style = {
@@ -25,7 +25,7 @@ function Panel({ panel, frame, width, height }) {
   };
   return (
     <section style={style}>
-      <h2 style={{ ...theme.typography.h6, margin: theme.spacing(0, 0, 1, 0) }}>{panel.title}</h2>
+      <h2 style={{ ...theme.typography.h6, margin: theme.spacing(0, 0, 1, 0) }}>{title}</h2>
       {frame?.length ? table(panel, frame, width, height) : <NoData height={height} />}
     </section>
   );
@@ -55,7 +55,7 @@ function table(panel, frame, width, height) {
       footerOptions={options.footer}
       enablePagination={options.footer?.enablePagination}
       cellHeight={options.cellHeight}
-      fieldConfig={panel.fieldConfig}
+      fieldConfig={withDefaults(panel).fieldConfig}
     />
   );
 }
@@ -77,7 +77,13 @@ window.renderPanels = (pictures) => {
     const frames = picture.dataFrames.map(dataFrameFromJSON);
     const [frame] = applyFieldConfig(frames, picture.panel, { replaceVariables: (text) => text, timeZone: 'utc' });
     createRoot(element).render(
-      <Panel panel={picture.panel} frame={frame} width={picture.width} height={picture.height} />
+      <Panel
+        panel={picture.panel}
+        title={picture.title ?? picture.panel.title}
+        frame={frame}
+        width={picture.width}
+        height={picture.height}
+      />
     );
   }
 };
