@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,9 @@ class Run:
     prometheus: str | None = None
     labels: Mapping[str, Sequence[str]] = field(default_factory=dict)
     answers: Mapping[str, Json] | None = None
+    # For run_answered: where this run's queries go (else the call's), and which panels' go.
+    backends: Backends | None = None
+    panels: Collection[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -226,33 +229,27 @@ def run(
 def run_answered(
     version: str,
     runs: Sequence[Run],
-    backends: Backends,
+    backends: Backends | None = None,
     sources: Sequence[Json] | None = None,
     panels: Collection[str] | None = None,
 ) -> list[Result]:
     """Each run twice: to learn the queries the frontend sends, then with the server's answers.
 
-    ``panels``: the titles of the panels whose queries run (the others get no data); all when
+    ``backends``: where the queries go, unless a run names its own; ``panels``: the titles of
+    the panels whose queries run (the others get no data), unless a run names its own; all when
     None."""
     _, first = run(version, runs, sources)
     answered = []
     for item, result in zip(runs, first, strict=True):
         assert result.error is None, f"{result.dashboard} at {item.url!r}: {result.error}"
+        target = item.backends or backends
+        assert target is not None, f"no backends for {result.dashboard} at {item.url!r}"
+        chosen = item.panels if item.panels is not None else panels
         answers: dict[str, Json] = {}
         for panel in result.panels:
-            if panels is None or panel.title in panels:
-                answers.update(answer(panel.requests, result.dashboard, panel.id, backends))
-        answered.append(
-            Run(
-                item.dashboard,
-                item.url,
-                item.start,
-                item.end,
-                item.prometheus,
-                item.labels,
-                answers,
-            )
-        )
+            if chosen is None or panel.title in chosen:
+                answers.update(answer(panel.requests, result.dashboard, panel.id, target))
+        answered.append(replace(item, answers=answers))
     _, second = run(version, answered, sources)
     for item, result in zip(answered, second, strict=True):
         assert result.error is None, f"{result.dashboard} at {item.url!r}: {result.error}"

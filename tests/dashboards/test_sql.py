@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -354,7 +355,7 @@ def _fill_mapped(engine: sa.Engine) -> None:
 class Store:
     engine: sa.Engine
     dialect: SqlDialect
-    now: datetime
+    now: datetime  # when it was filled, by the database's clock (UTC)
     pending: list[dict[str, Any]]
 
     @property
@@ -364,39 +365,27 @@ class Store:
 
         return Backends(sql=sql)
 
-    def runs(self, dashboard: Json, urls: Sequence[str]) -> list[Run]:
-        return [Run(dashboard, u, RANGE.start, RANGE.end, labels=LABELS) for u in urls]
-
-    def browse(
-        self,
-        version: str,
-        dashboard: Json,
-        urls: Sequence[str],
-        panels: Sequence[str] | None = None,
-    ) -> list[Result]:
-        return run_answered(
-            version, self.runs(dashboard, urls), self.backends, datasources(self.dialect), panels
-        )
-
     def count_errors(self) -> int:
         with self.engine.connect() as connection:
             count = connection.execute(sa.select(sa.func.count()).select_from(sync_error))
             return int(count.scalar_one())
 
 
-@pytest.fixture(scope="module")
-def store(sql_server: tuple[sa.Engine, SqlDialect]) -> Store:
-    """The reference store and a mapped status table, filled once per server."""
-    engine, dialect = sql_server
-    create_reference_schema(engine)
+def _database_now(engine: sa.Engine, dialect: SqlDialect) -> datetime:
     with engine.connect() as connection:
-        now = connection.execute(
+        now: datetime = connection.execute(
             sa.text(
                 "SELECT UTC_TIMESTAMP(6)"
                 if dialect == "mysql"
                 else "SELECT now() AT TIME ZONE 'UTC'"
             )
         ).scalar_one()
+    return now
+
+
+def _fill_reference(engine: sa.Engine, dialect: SqlDialect) -> Store:
+    create_reference_schema(engine)
+    now = _database_now(engine, dialect)
     rows = pending(now)
     with engine.begin() as connection:
         connection.execute(
@@ -404,203 +393,7 @@ def store(sql_server: tuple[sa.Engine, SqlDialect]) -> Store:
             [{**vars(row), "object_type": row.object} for row in failures()],
         )
         connection.execute(sync_queue.insert(), rows)
-    _fill_mapped(engine)
     return Store(engine, dialect, now, rows)
-
-
-@pytest.fixture(scope="module", params=VERSIONS)
-def version(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def browsed(store: Store, version: str) -> dict[str, Result]:
-    """The errors browser in every state of STATES, through one Grafana frontend."""
-    errors = dashboards(None, store.dialect)["crmsync-errors"]
-    results = store.browse(version, errors, [state.url for state in STATES], (FAILED, MATCHING))
-    return {state.name: result for state, result in zip(STATES, results, strict=True)}
-
-
-def table_rows(
-    result: Result, title: str, columns: Sequence[str] = COLUMNS
-) -> list[tuple[Any, ...]]:
-    """The rows of a table panel, raw values of the given columns (no rows: an empty list)."""
-    panel = result.panel(title)
-    assert panel.errors == [], f"{title}: {panel.errors}"
-    assert panel.table is not None
-    if not panel.table or not panel.table[0]["fields"]:
-        return []
-    (frame,) = panel.table
-    values = {column["name"]: column["values"] for column in frame["fields"]}
-    missing = [name for name in columns if name not in values]
-    assert not missing, f"{title} has no column {missing}; it has {list(values)}"
-    return list(zip(*(values[name] for name in columns), strict=True))
-
-
-def stat_value(result: Result, title: str) -> float | None:
-    panel = result.panel(title)
-    assert panel.errors == [], f"{title}: {panel.errors}"
-    assert panel.table is not None
-    for frame in panel.table:
-        for column in frame["fields"]:
-            if column["type"] == "number" and column["values"]:
-                return float(column["values"][0])
-    return None
-
-
-def matching(result: Result) -> tuple[int, int]:
-    """Matching failed records: the count, and the pages it makes."""
-    panel = result.panel(MATCHING)
-    assert panel.errors == [], f"{MATCHING}: {panel.errors}"
-    columns = {column["name"]: column["values"] for column in panel.table[0]["fields"]}  # type: ignore[index]
-    return int(columns["matching failed records"][0]), int(columns["pages"][0])
-
-
-@pytest.mark.parametrize("state", STATES, ids=[state.name for state in STATES])
-def test_failed_records_follow_the_variables(
-    browsed: dict[str, Result], store: Store, state: State
-) -> None:
-    """What the browser lists and counts in each state: exactly the failures it stands for."""
-    result = browsed[state.name]
-    expected = expected_failures(failures(), **state.filters)
-    if not state.name.startswith("hostile"):
-        assert expected, f"the test data should match {state.name}"
-    assert table_rows(result, FAILED) == expected[:500]
-    assert matching(result)[0] == len(expected)
-
-
-def test_typed_text_changed_no_table(browsed: dict[str, Result], store: Store) -> None:
-    """After every hostile search and filter value, the store still holds every row."""
-    assert browsed
-    assert store.count_errors() == len(failures())
-
-
-def _csv_cell(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _time_unit(errors: Json) -> str:
-    panel = next(p for p in errors["panels"] if p["title"] == FAILED)
-    return str(
-        next(
-            prop["value"]
-            for override in panel["fieldConfig"]["overrides"]
-            if override["matcher"]["options"] == "time"
-            for prop in override["properties"]
-            if prop["id"] == "unit"
-        )
-    )
-
-
-def test_the_failed_records_read_and_export_as_shown(browsed: dict[str, Result]) -> None:
-    """Times read as dates in the table; Inspect > Data > Download CSV has every row."""
-    result = browsed["search O'Brien"]
-    expected = expected_failures(failures(), search="O'Brien")
-    panel = result.panel(FAILED)
-    columns = panel.columns()
-    unit = _time_unit(dashboards(None, "postgresql")["crmsync-errors"])
-    # dateTimeAsLocal follows the browser's locale: en-US in the harness (jsdom), UTC.
-    shape = {"dateTimeAsIso": "%Y-%m-%d %H:%M:%S", "dateTimeAsLocal": "%m/%d/%Y, %I:%M:%S %p"}
-    assert [text.replace("\u202f", " ") for text in columns["time"]] == [
-        datetime.fromtimestamp(row[0] / 1000, UTC).strftime(shape[unit]) for row in expected
-    ]
-    assert panel.csv is not None
-    exported = list(csv.reader(io.StringIO(panel.csv)))
-    header, *body = exported
-    assert header[: len(COLUMNS)] == list(COLUMNS)
-    position = {name: header.index(name) for name in COLUMNS}
-    assert [[line[position[name]] for name in COLUMNS[1:]] for line in body] == [
-        [_csv_cell(value) for value in row[1:]] for row in expected
-    ]
-    assert [line[position["time"]] for line in body] == columns["time"]
-
-
-def test_grafanas_sqlstring_format_is_injectable_on_mariadb(store: Store, version: str) -> None:
-    """Why the dashboards decode ${var:queryparam} instead: scenes' own sqlstring format
-    doubles quotes but leaves backslashes alone, which MariaDB reads as escapes (PostgreSQL,
-    with standard_conforming_strings, does not)."""
-    probe = {
-        "uid": "probe",
-        "title": "sqlstring probe",
-        "templating": {"list": [{"name": "search", "type": "textbox", "query": ""}]},
-        "panels": [
-            {
-                "id": 1,
-                "type": "table",
-                "title": "probe",
-                "datasource": {"type": SQL_PLUGINS[store.dialect], "uid": "crmsync-store"},
-                "targets": [
-                    {
-                        "refId": "A",
-                        "format": "table",
-                        "rawSql": "SELECT count(*) AS matched FROM sync_error "
-                        "WHERE record_name = ${search:sqlstring}",
-                    }
-                ],
-            }
-        ],
-    }
-    typed = "\\' OR 1=1 -- "
-    (result,) = store.browse(version, probe, [url(("search", typed))])
-    matched = stat_value(result, "probe")
-    assert matched == (len(failures()) if store.dialect == "mysql" else 0)
-
-
-def test_pages_reach_every_matching_record_and_the_total_is_shown(
-    store: Store, version: str
-) -> None:
-    """Pages of 10 through the 62 matching failures: 7 pages, the last one of 2 rows; a page
-    that is no page number shows the first."""
-    built = build_dashboards(reference_store(), Options(dialect=store.dialect, page_size=10))
-    errors = next(d for d in built.values() if d["uid"] == "crmsync-errors")
-    odd = ("0", "-3", "x", "")
-    urls = [url(("page", str(page))) for page in range(1, 9)] + [url(("page", p)) for p in odd]
-    results = store.browse(version, errors, urls, (FAILED, MATCHING))
-    expected = expected_failures(failures())
-    pages = [table_rows(result, FAILED) for result in results[:8]]
-    assert [len(rows) for rows in pages] == [10, 10, 10, 10, 10, 10, 2, 0]
-    assert [row for rows in pages for row in rows] == expected
-    assert matching(results[0]) == (62, 7)
-    for result in results[8:]:
-        assert table_rows(result, FAILED) == expected[:10], f"at {result.url!r}"
-
-
-def test_top_error_codes_count_share_last_seen_and_newest_message(
-    store: Store, version: str
-) -> None:
-    """The codes of the matching failures, most frequent first; the code filter does not narrow
-    this table, it is where a code is picked."""
-    errors = dashboards(None, store.dialect)["crmsync-errors"]
-    cases: list[tuple[str, dict[str, Any]]] = [
-        ("", {}),
-        (url(("object", "lead"), ("error_code", "FIELD_INTEGRITY")), {"objects": ("lead",)}),
-    ]
-    results = store.browse(version, errors, [case for case, _ in cases], (TOP_CODES,))
-    columns = ("error code", "failures", "share", "last seen", "example message")
-    for (_, filters), result in zip(cases, results, strict=True):
-        rows = expected_failures(failures(), **filters)
-        by_code: dict[str, list[tuple[Any, ...]]] = {}
-        for row in rows:  # newest first
-            by_code.setdefault(row[6], []).append(row)
-        expected = sorted(
-            (
-                (code, len(mine), len(mine) / len(rows), mine[0][0], mine[0][7])
-                for code, mine in by_code.items()
-            ),
-            key=lambda item: (-item[1], item[0]),
-        )
-        shown = table_rows(result, TOP_CODES, columns)
-        assert [row[:2] for row in shown] == [row[:2] for row in expected]
-        for got, want in zip(shown, expected, strict=True):
-            assert got[2] == pytest.approx(want[2])
-            assert got[3:] == want[3:]
-        # Each code opens the browser filtered to it, the other filters kept.
-        panel = result.panel(TOP_CODES)
-        (frame,) = panel.table or []
-        (code_column,) = [c for c in frame["fields"] if c["name"] == "error code"]
-        for code, links in zip(code_column["values"], code_column["links"], strict=True):
-            (link,) = links
-            assert f"var-error_code={quote(code, safe='')}" in link["href"], link["href"]
 
 
 # --- labels as the exporter gives them ------------------------------------------------------
@@ -648,56 +441,380 @@ def _labels(row: tuple[str, str, str, str]) -> tuple[str, str, str, str]:
     )
 
 
-@pytest.fixture(scope="module")
-def odd_store(sql_server: tuple[sa.Engine, SqlDialect]) -> Iterator[Store]:
+def _fill_odd(engine: sa.Engine, dialect: SqlDialect) -> Store:
     """The failures again, and rows whose values the exporter folds, blanks, cuts or strips."""
-    _, dialect = sql_server
-    with empty_database(dialect) as database_url:
-        engine = store_engine(database_url, dialect)
-        create_reference_schema(engine)
-        moment = ANCHOR - timedelta(minutes=30)
-        with engine.begin() as connection:
-            # A mapped store's code column may be longer than the exporter's labels.
-            connection.exec_driver_sql(
-                "ALTER TABLE sync_error ALTER COLUMN error_code TYPE varchar(255)"
-                if dialect == "postgresql"
-                else "ALTER TABLE sync_error MODIFY error_code VARCHAR(255) NOT NULL"
-            )
-            connection.execute(
-                sync_error.insert(),
-                [{**vars(row), "object_type": row.object} for row in failures()]
-                + [
+    create_reference_schema(engine)
+    moment = ANCHOR - timedelta(minutes=30)
+    with engine.begin() as connection:
+        # A mapped store's code column may be longer than the exporter's labels.
+        connection.exec_driver_sql(
+            "ALTER TABLE sync_error ALTER COLUMN error_code TYPE varchar(255)"
+            if dialect == "postgresql"
+            else "ALTER TABLE sync_error MODIFY error_code VARCHAR(255) NOT NULL"
+        )
+        connection.execute(
+            sync_error.insert(),
+            [{**vars(row), "object_type": row.object} for row in failures()]
+            + [
+                {
+                    "id": 1000 + index,
+                    "failed_at": moment + timedelta(seconds=index),
+                    "object_type": obj,
+                    "record_id": f"ODD{index}",
+                    "record_name": None,
+                    "operation": operation,
+                    "direction": direction,
+                    "error_code": code,
+                    "error_message": f"odd {index}",
+                }
+                for index, (obj, operation, direction, code) in enumerate(ODD_FAILURES)
+            ],
+        )
+    return Store(engine, dialect, _database_now(engine, dialect), [])
+
+
+# --- ages in a session far from UTC ---------------------------------------------------------
+
+# PostgreSQL takes the zone's name; this MariaDB has no time zone tables, so Berlin's offset.
+BERLIN = {"postgresql": "Europe/Berlin", "mysql": "+01:00"}
+AGES = {"A": 60.0, "B": 3600.0 * 5 + 30}
+
+
+def _fill_queue(url: str, dialect: SqlDialect, zoned: bool) -> Store:
+    """A queue whose enqueued_at is timestamp|DATETIME or timestamptz|TIMESTAMP, read through
+    a session in Berlin."""
+    column = (
+        sa.TIMESTAMP(timezone=True)
+        if zoned and dialect == "postgresql"
+        else sa.dialects.mysql.TIMESTAMP(fsp=6)
+        if zoned
+        else TIMESTAMP
+    )
+    writer = store_engine(url, dialect, time_zone="+00:00")
+    queue = queue_table(column)
+    queue.create(writer)
+    now = datetime.now(UTC)
+    with writer.begin() as connection:
+        connection.execute(
+            queue.insert(),
+            [
+                {
+                    "object_type": "lead",
+                    "record_id": record,
+                    "operation": "insert",
+                    "direction": "to_crm",
+                    # Written through a UTC session: the instant, whatever the type.
+                    "enqueued_at": (now - timedelta(seconds=age)).replace(tzinfo=None),
+                }
+                for record, age in AGES.items()
+            ],
+        )
+    writer.dispose()
+    berlin = store_engine(url, dialect, time_zone=BERLIN[dialect])
+    return Store(berlin, dialect, now.replace(tzinfo=None), [])
+
+
+@pytest.fixture(scope="module")
+def stores(sql_server: tuple[sa.Engine, SqlDialect]) -> Iterator[dict[str, Store]]:
+    """The stores of the module on one server: the reference store (with a mapped status table
+    beside it), one with values the exporter folds, and two queues read from Berlin."""
+    engine, dialect = sql_server
+    with ExitStack() as opened:
+        main = _fill_reference(engine, dialect)
+        _fill_mapped(engine)
+        found = {"main": main}
+        found["odd"] = _fill_odd(
+            store_engine(opened.enter_context(empty_database(dialect)), dialect), dialect
+        )
+        for zoned in (False, True):
+            url_ = opened.enter_context(empty_database(dialect))
+            found[f"berlin-{zoned}"] = _fill_queue(url_, dialect, zoned)
+        yield found
+        for name, store in found.items():
+            if name != "main":
+                store.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def store(stores: dict[str, Store]) -> Store:
+    return stores["main"]
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# --- every dashboard state the module checks, run in one go per frontend ----------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """A dashboard at one URL on one of the stores; only the named panels' queries run."""
+
+    key: str
+    dashboard: Json
+    url: str
+    panels: tuple[str, ...] | None = None
+    store: str = "main"
+    labels: Mapping[str, Sequence[str]] = field(default_factory=lambda: LABELS)
+
+
+PAGES = [str(page) for page in range(1, 9)]
+ODD_PAGES = ["0", "-3", "x", ""]
+TOP_CODE_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("", {}),
+    (url(("object", "lead"), ("error_code", "FIELD_INTEGRITY")), {"objects": ("lead",)}),
+]
+OLDEST_CASES = [(("object", "contact"),), (("object", "contact"), ("direction", "from_crm"))]
+MAPPED_CASES = [
+    State("default", ""),
+    State(
+        "insert from the CRM",
+        url(("operation", "insert"), ("direction", "from_crm")),
+        {"operations": ("insert",), "directions": ("from_crm",)},
+    ),
+    State("search", url(("search", "O'Brien")), {"search": "O'Brien"}),
+]
+# Typed into the search box: ends the literal where backslashes escape, if it is not encoded.
+TYPED = "\\' OR 1=1 -- "
+
+
+def sqlstring_probe(dialect: SqlDialect) -> Json:
+    """A panel that takes the search box with scenes' own sqlstring format."""
+    return {
+        "uid": "probe",
+        "title": "sqlstring probe",
+        "templating": {"list": [{"name": "search", "type": "textbox", "query": ""}]},
+        "panels": [
+            {
+                "id": 1,
+                "type": "table",
+                "title": "probe",
+                "datasource": {"type": SQL_PLUGINS[dialect], "uid": "crmsync-store"},
+                "targets": [
                     {
-                        "id": 1000 + index,
-                        "failed_at": moment + timedelta(seconds=index),
-                        "object_type": obj,
-                        "record_id": f"ODD{index}",
-                        "record_name": None,
-                        "operation": operation,
-                        "direction": direction,
-                        "error_code": code,
-                        "error_message": f"odd {index}",
+                        "refId": "A",
+                        "format": "table",
+                        "rawSql": "SELECT count(*) AS matched FROM sync_error "
+                        "WHERE record_name = ${search:sqlstring}",
                     }
-                    for index, (obj, operation, direction, code) in enumerate(ODD_FAILURES)
                 ],
-            )
-        yield Store(engine, dialect, datetime.now(UTC), [])
-        engine.dispose()
+            }
+        ],
+    }
+
+
+def cases(dialect: SqlDialect) -> list[Case]:
+    boards = dashboards(None, dialect)
+    errors, detail = boards["crmsync-errors"], boards["crmsync-object"]
+    built = build_dashboards(reference_store(), Options(dialect=dialect, page_size=10))
+    paged = next(d for d in built.values() if d["uid"] == "crmsync-errors")
+    mapped = dashboards(mapped_store(), dialect)["crmsync-errors"]
+    browse = (FAILED, MATCHING)
+    empty: dict[str, list[str]] = {name: [] for name in LABELS}
+    return [
+        *[Case(f"state {s.name}", errors, s.url, browse) for s in STATES],
+        *[Case(f"page {p}", paged, url(("page", p)), browse) for p in PAGES + ODD_PAGES],
+        *[Case(f"top {i}", errors, u, (TOP_CODES,)) for i, (u, _) in enumerate(TOP_CODE_CASES)],
+        Case(
+            "no reported values",
+            errors,
+            url(("error_code", "FIELD_INTEGRITY")),
+            (FAILED,),
+            labels=empty,
+        ),
+        Case("sqlstring", sqlstring_probe(dialect), url(("search", TYPED))),
+        *[Case(f"oldest {i}", detail, url(*pairs)) for i, pairs in enumerate(OLDEST_CASES)],
+        *[Case(f"mapped {s.name}", mapped, s.url, (FAILED,)) for s in MAPPED_CASES],
+        *[
+            Case(f"label {v}={value}", errors, url((v, value)), (FAILED,), "odd", REPORTED)
+            for v, value in LABEL_CASES
+        ],
+        *[
+            Case(f"ages {zoned}", detail, url(("object", "lead")), store=f"berlin-{zoned}")
+            for zoned in (False, True)
+        ],
+    ]
+
+
+@pytest.fixture(scope="module")
+def answered(stores: dict[str, Store], version: str) -> dict[str, Result]:
+    """Every case of the module through one Grafana frontend, in one run of the harness."""
+    dialect = stores["main"].dialect
+    todo = cases(dialect)
+    runs = [
+        Run(
+            case.dashboard,
+            case.url,
+            RANGE.start,
+            RANGE.end,
+            labels=case.labels,
+            backends=stores[case.store].backends,
+            panels=case.panels,
+        )
+        for case in todo
+    ]
+    results = run_answered(version, runs, sources=datasources(dialect))
+    return {case.key: result for case, result in zip(todo, results, strict=True)}
+
+
+def table_rows(
+    result: Result, title: str, columns: Sequence[str] = COLUMNS
+) -> list[tuple[Any, ...]]:
+    """The rows of a table panel, raw values of the given columns (no rows: an empty list)."""
+    panel = result.panel(title)
+    assert panel.errors == [], f"{title}: {panel.errors}"
+    assert panel.table is not None
+    if not panel.table or not panel.table[0]["fields"]:
+        return []
+    (frame,) = panel.table
+    values = {column["name"]: column["values"] for column in frame["fields"]}
+    missing = [name for name in columns if name not in values]
+    assert not missing, f"{title} has no column {missing}; it has {list(values)}"
+    return list(zip(*(values[name] for name in columns), strict=True))
+
+
+def stat_value(result: Result, title: str) -> float | None:
+    panel = result.panel(title)
+    assert panel.errors == [], f"{title}: {panel.errors}"
+    assert panel.table is not None
+    for frame in panel.table:
+        for column in frame["fields"]:
+            if column["type"] == "number" and column["values"]:
+                return float(column["values"][0])
+    return None
+
+
+def matching(result: Result) -> tuple[int, int]:
+    """Matching failed records: the count, and the pages it makes."""
+    panel = result.panel(MATCHING)
+    assert panel.errors == [], f"{MATCHING}: {panel.errors}"
+    assert panel.table is not None
+    columns = {column["name"]: column["values"] for column in panel.table[0]["fields"]}
+    return int(columns["matching failed records"][0]), int(columns["pages"][0])
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", STATES, ids=[state.name for state in STATES])
+def test_failed_records_follow_the_variables(answered: dict[str, Result], state: State) -> None:
+    """What the browser lists and counts in each state: exactly the failures it stands for."""
+    result = answered[f"state {state.name}"]
+    expected = expected_failures(failures(), **state.filters)
+    if not state.name.startswith("hostile"):
+        assert expected, f"the test data should match {state.name}"
+    assert table_rows(result, FAILED) == expected[:500]
+    assert matching(result)[0] == len(expected)
+
+
+def test_typed_text_changed_no_table(answered: dict[str, Result], store: Store) -> None:
+    """After every hostile search, filter value and page, the store still holds every row."""
+    assert answered
+    assert store.count_errors() == len(failures())
+
+
+def _csv_cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _time_unit(errors: Json) -> str:
+    panel = next(p for p in errors["panels"] if p["title"] == FAILED)
+    return str(
+        next(
+            prop["value"]
+            for override in panel["fieldConfig"]["overrides"]
+            if override["matcher"]["options"] == "time"
+            for prop in override["properties"]
+            if prop["id"] == "unit"
+        )
+    )
+
+
+def test_the_failed_records_read_and_export_as_shown(answered: dict[str, Result]) -> None:
+    """Times read as dates in the table; Inspect > Data > Download CSV has every row."""
+    result = answered["state search O'Brien"]
+    expected = expected_failures(failures(), search="O'Brien")
+    panel = result.panel(FAILED)
+    columns = panel.columns()
+    unit = _time_unit(dashboards(None, "postgresql")["crmsync-errors"])
+    # dateTimeAsLocal follows the browser's locale: en-US in the harness (jsdom), UTC.
+    shape = {"dateTimeAsIso": "%Y-%m-%d %H:%M:%S", "dateTimeAsLocal": "%m/%d/%Y, %I:%M:%S %p"}
+    assert [text.replace("\u202f", " ") for text in columns["time"]] == [
+        datetime.fromtimestamp(row[0] / 1000, UTC).strftime(shape[unit]) for row in expected
+    ]
+    assert panel.csv is not None
+    exported = list(csv.reader(io.StringIO(panel.csv)))
+    header, *body = exported
+    assert header[: len(COLUMNS)] == list(COLUMNS)
+    position = {name: header.index(name) for name in COLUMNS}
+    assert [[line[position[name]] for name in COLUMNS[1:]] for line in body] == [
+        [_csv_cell(value) for value in row[1:]] for row in expected
+    ]
+    assert [line[position["time"]] for line in body] == columns["time"]
+
+
+def test_grafanas_sqlstring_format_is_injectable_on_mariadb(
+    answered: dict[str, Result], store: Store
+) -> None:
+    """Why the dashboards decode ${var:queryparam} instead: scenes' own sqlstring format
+    doubles quotes but leaves backslashes alone, which MariaDB reads as escapes (PostgreSQL,
+    with standard_conforming_strings, does not)."""
+    matched = stat_value(answered["sqlstring"], "probe")
+    assert matched == (len(failures()) if store.dialect == "mysql" else 0)
+
+
+def test_pages_reach_every_matching_record_and_the_total_is_shown(
+    answered: dict[str, Result],
+) -> None:
+    """Pages of 10 through the 62 matching failures: 7 pages, the last one of 2 rows; a page
+    that is no page number shows the first."""
+    expected = expected_failures(failures())
+    pages = [table_rows(answered[f"page {page}"], FAILED) for page in PAGES]
+    assert [len(rows) for rows in pages] == [10, 10, 10, 10, 10, 10, 2, 0]
+    assert [row for rows in pages for row in rows] == expected
+    assert matching(answered["page 1"]) == (62, 7)
+    for page in ODD_PAGES:
+        assert table_rows(answered[f"page {page}"], FAILED) == expected[:10], f"page {page!r}"
+
+
+def test_top_error_codes_count_share_last_seen_and_newest_message(
+    answered: dict[str, Result],
+) -> None:
+    """The codes of the matching failures, most frequent first; the code filter does not narrow
+    this table, it is where a code is picked, and each code opens the browser filtered to it."""
+    columns = ("error code", "failures", "share", "last seen", "example message")
+    for index, (_, filters) in enumerate(TOP_CODE_CASES):
+        result = answered[f"top {index}"]
+        rows = expected_failures(failures(), **filters)
+        by_code: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:  # newest first
+            by_code.setdefault(row[6], []).append(row)
+        expected = sorted(
+            (
+                (code, len(mine), len(mine) / len(rows), mine[0][0], mine[0][7])
+                for code, mine in by_code.items()
+            ),
+            key=lambda item: (-item[1], item[0]),
+        )
+        shown = table_rows(result, TOP_CODES, columns)
+        assert [row[:2] for row in shown] == [row[:2] for row in expected]
+        for got, want in zip(shown, expected, strict=True):
+            assert got[2] == pytest.approx(want[2])
+            assert got[3:] == want[3:]
+        (frame,) = result.panel(TOP_CODES).table or []
+        (code_column,) = [c for c in frame["fields"] if c["name"] == "error code"]
+        for code, links in zip(code_column["values"], code_column["links"], strict=True):
+            (link,) = links
+            assert f"var-error_code={quote(code, safe='')}" in link["href"], link["href"]
 
 
 def test_folded_and_blank_values_are_found_under_the_exporters_labels(
-    odd_store: Store, version: str
+    answered: dict[str, Result],
 ) -> None:
     """A series labelled other or unknown leads to its records: the exporter's rules in SQL."""
-    errors = dashboards(None, odd_store.dialect)["crmsync-errors"]
-    runs = [
-        Run(errors, url((variable, value)), RANGE.start, RANGE.end, labels=REPORTED)
-        for variable, value in LABEL_CASES
-    ]
-    results = run_answered(
-        version, runs, odd_store.backends, datasources(odd_store.dialect), (FAILED,)
-    )
-    for (variable, value), result in zip(LABEL_CASES, results, strict=True):
+    for variable, value in LABEL_CASES:
         position = {"object": 0, "operation": 1, "direction": 2, "error_code": 3}[variable]
         expected_ids = sorted(
             f"ODD{index}"
@@ -711,7 +828,7 @@ def test_folded_and_blank_values_are_found_under_the_exporters_labels(
             and (row.object, row.operation, row.direction, row.error_code)[position] == value
         )
         assert expected_ids
-        rows = table_rows(result, FAILED)
+        rows = table_rows(answered[f"label {variable}={value}"], FAILED)
         assert sorted(row[2] for row in rows) == sorted(expected_ids), f"{variable}={value}"
         # Shown as the store has them, stripped and cut as labels are.
         for row in rows:
@@ -722,23 +839,18 @@ def test_folded_and_blank_values_are_found_under_the_exporters_labels(
 
 
 def test_without_a_list_of_reported_values_nothing_is_called_other(
-    store: Store, version: str
+    answered: dict[str, Result],
 ) -> None:
     """No Prometheus data (no label values): the store's values are taken as they are."""
-    errors = dashboards(None, store.dialect)["crmsync-errors"]
-    empty: dict[str, list[str]] = {name: [] for name in LABELS}
-    run_ = Run(errors, url(("error_code", "FIELD_INTEGRITY")), RANGE.start, RANGE.end, labels=empty)
-    (result,) = run_answered(version, [run_], store.backends, datasources(store.dialect), (FAILED,))
-    assert table_rows(result, FAILED) == expected_failures(failures(), codes=("FIELD_INTEGRITY",))
+    rows = table_rows(answered["no reported values"], FAILED)
+    assert rows == expected_failures(failures(), codes=("FIELD_INTEGRITY",))
 
 
 def test_oldest_pending_records_are_the_oldest_of_each_operation(
-    store: Store, version: str
+    answered: dict[str, Result], store: Store
 ) -> None:
-    detail = dashboards(None, store.dialect)["crmsync-object"]
-    cases = [(("object", "contact"),), (("object", "contact"), ("direction", "from_crm"))]
-    results = store.browse(version, detail, [url(*pairs) for pairs in cases])
-    for pairs, result in zip(cases, results, strict=True):
+    for index, pairs in enumerate(OLDEST_CASES):
+        result = answered[f"oldest {index}"]
         directions = [value for name, value in pairs if name == "direction"] or DIRECTIONS
         expected = []
         for operation in OPERATIONS:
@@ -769,79 +881,32 @@ def test_oldest_pending_records_are_the_oldest_of_each_operation(
             assert age - 1 <= float(row[4]) <= age + since_fill + 5
 
 
-def test_a_mapped_single_table_store_gets_sql_that_fits_it(store: Store, version: str) -> None:
-    errors = dashboards(mapped_store(), store.dialect)["crmsync-errors"]
-    cases = [
-        State("default", ""),
-        State(
-            "insert from the CRM",
-            url(("operation", "insert"), ("direction", "from_crm")),
-            {"operations": ("insert",), "directions": ("from_crm",)},
-        ),
-        State("search", url(("search", "O'Brien")), {"search": "O'Brien"}),
-    ]
-    results = store.browse(version, errors, [case.url for case in cases], (FAILED,))
+def test_a_mapped_single_table_store_gets_sql_that_fits_it(answered: dict[str, Result]) -> None:
     failed = [row for row in failures() if row.id % 5]
-    for case, result in zip(cases, results, strict=True):
+    for case in MAPPED_CASES:
+        result = answered[f"mapped {case.name}"]
         assert table_rows(result, FAILED) == expected_failures(failed, **case.filters)
-    sql = results[0].panel(FAILED).texts()[0]
+    sql = answered["mapped default"].panel(FAILED).texts()[0]
     assert "sync_error" not in sql
     assert "crm_change" in sql
-
-
-# PostgreSQL takes the zone's name; this MariaDB has no time zone tables, so Berlin's offset.
-BERLIN = {"postgresql": "Europe/Berlin", "mysql": "+01:00"}
 
 
 @pytest.mark.parametrize(
     "zoned", [False, True], ids=["timestamp|DATETIME", "timestamptz|TIMESTAMP"]
 )
 def test_ages_are_right_in_a_session_far_from_utc(
-    sql_server: tuple[sa.Engine, SqlDialect], version: str, zoned: bool
+    answered: dict[str, Result], stores: dict[str, Store], zoned: bool
 ) -> None:
     """A change enqueued a minute ago is a minute old, whatever the column type and session."""
-    _, dialect = sql_server
-    column = (
-        sa.TIMESTAMP(timezone=True)
-        if zoned and dialect == "postgresql"
-        else sa.dialects.mysql.TIMESTAMP(fsp=6)
-        if zoned
-        else TIMESTAMP
-    )
-    ages = {"A": 60.0, "B": 3600.0 * 5 + 30}
-    with empty_database(dialect) as database_url:
-        writer = store_engine(database_url, dialect, time_zone="+00:00")
-        queue = queue_table(column)
-        queue.create(writer)
-        now = datetime.now(UTC)
-        with writer.begin() as connection:
-            connection.execute(
-                queue.insert(),
-                [
-                    {
-                        "object_type": "lead",
-                        "record_id": record,
-                        "operation": "insert",
-                        "direction": "to_crm",
-                        # Written through a UTC session: the instant, whatever the type.
-                        "enqueued_at": (now - timedelta(seconds=age)).replace(tzinfo=None),
-                    }
-                    for record, age in ages.items()
-                ],
-            )
-        writer.dispose()
-        berlin = store_engine(database_url, dialect, time_zone=BERLIN[dialect])
-        store = Store(berlin, dialect, now, [])
-        detail = dashboards(None, dialect)["crmsync-object"]
-        (result,) = store.browse(version, detail, [url(("object", "lead"))])
-        berlin.dispose()
-    elapsed = (datetime.now(UTC) - now).total_seconds()
+    elapsed = (
+        datetime.now(UTC).replace(tzinfo=None) - stores[f"berlin-{zoned}"].now
+    ).total_seconds()
     rows = table_rows(
-        result,
+        answered[f"ages {zoned}"],
         "Oldest pending records",
         ("enqueued_at", "record_id", "operation", "direction", "age"),
     )
     served = {row[1]: float(row[4]) for row in rows}
-    assert set(served) == set(ages)
-    for record, age in ages.items():
+    assert set(served) == set(AGES)
+    for record, age in AGES.items():
         assert age - 1 <= served[record] <= age + elapsed + 1, (record, served[record])
