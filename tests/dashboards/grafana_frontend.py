@@ -96,8 +96,10 @@ class Panel:
     frames: list[Json]
     table: list[Json] | None
     csv: str | None
-    # The frames after the panel's transformations, as DataFrameJSON.
+    # The frames after the panel's transformations, as DataFrameJSON, and what the field
+    # config's texts interpolated to.
     data_frames: list[Json] | None
+    interpolations: dict[str, str] | None
 
     @property
     def queries(self) -> list[Json]:
@@ -148,6 +150,7 @@ def _panel(data: Json) -> Panel:
         table=data.get("table"),
         csv=data.get("csv"),
         data_frames=data.get("dataFrames"),
+        interpolations=data.get("interpolations"),
     )
 
 

@@ -176,6 +176,7 @@ def listing_entry(index: int, picture: Picture, dashboard: Json, result: Result)
         "panel": panel_json,
         "title": panel.shown_title,
         "dataFrames": panel.data_frames,
+        "interpolations": panel.interpolations,
         "width": picture.width,
         "height": _height(panel, picture),
     }

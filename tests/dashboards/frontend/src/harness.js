@@ -47,7 +47,16 @@ function summary(frames) {
 function panelResult({ panel, runner, transformer }, requests, { scene, view }) {
   const queryData = runner.state.data;
   const data = transformer.state.data;
-  const replaceVariables = (value, scopedVars, format) => sceneGraph.interpolate(runner, value, scopedVars, format);
+  // What the field config's texts interpolate to (display names), for a page to draw the panel.
+  const interpolations = {};
+  const replaceVariables = (value, scopedVars, format) => {
+    const text = sceneGraph.interpolate(runner, value, scopedVars, format);
+    // Only texts that do not depend on the cell they are computed for.
+    if (!format && !/\$\{?__(value|data|field|series)/.test(value)) {
+      interpolations[value] = text;
+    }
+    return text;
+  };
   const timeZone = sceneGraph.getTimeRange(scene).getTimeZone();
   const result = {
     id: panel.id,
@@ -68,6 +77,7 @@ function panelResult({ panel, runner, transformer }, requests, { scene, view }) 
     result.csv = inspectCsv(queryData.series, panel, options);
     // The transformed frames, for a page that renders the panel (src/table-page.jsx).
     result.dataFrames = data.series.map(frameToJSON);
+    result.interpolations = interpolations;
   }
   return result;
 }

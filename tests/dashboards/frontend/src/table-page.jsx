@@ -1,6 +1,6 @@
 // A page that renders table panels with @grafana/ui's Table, as Grafana's table panel does.
 //
-// window.renderPanels([{id, panel, title, dataFrames, width, height}]) draws each panel (title and
+// window.renderPanels([{id, panel, title, dataFrames, interpolations, width, height}]) draws each panel (title and
 // table, in Grafana's dark theme) from the frames the harness produced: the frames after the
 // panel's transformations, given the panel's field config here as Grafana's panel does.
 import { createRoot } from 'react-dom/client';
@@ -75,7 +75,9 @@ window.renderPanels = (pictures) => {
     element.style.margin = theme.spacing(1);
     page.appendChild(element);
     const frames = picture.dataFrames.map(dataFrameFromJSON);
-    const [frame] = applyFieldConfig(frames, picture.panel, { replaceVariables: (text) => text, timeZone: 'utc' });
+    // The texts as the harness's scenes interpolated them (display names with variables).
+    const replaceVariables = (text) => picture.interpolations?.[text] ?? text;
+    const [frame] = applyFieldConfig(frames, picture.panel, { replaceVariables, timeZone: 'utc' });
     createRoot(element).render(
       <Panel
         panel={picture.panel}
