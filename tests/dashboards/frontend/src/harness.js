@@ -1,8 +1,8 @@
 // Runs dashboards through Grafana's frontend code and prints what it did, as JSON.
 //
 // stdin: {"datasources": [...], "dashboards": [...], "runs": [{"dashboard": <index>, "url":
-// "var-object=lead&...", "from": ms, "to": ms, "answers": {...}, "prometheus": url, "labels":
-// {...}}]}. For each run the dashboard's variables take their state from the URL (as a link or
+// "var-object=lead&...", "from": ISO time, "to": ISO time, "answers": {...}, "prometheus": url,
+// "labels": {...}}]} (tests/dashboards/grafana_frontend.py writes it). For each run the dashboard's variables take their state from the URL (as a link or
 // a reload would give it), every panel's queries run through scenes and the datasources'
 // frontend code, and the queries that reach the server are reported; with answers, the
 // answered frames go on through the datasource, the panel's transformations and field config.

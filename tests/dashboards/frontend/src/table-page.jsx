@@ -1,8 +1,9 @@
 // A page that renders table panels with @grafana/ui's Table, as Grafana's table panel does.
 //
-// window.renderPanels([{id, panel, title, dataFrames, interpolations, width, height}]) draws each panel (title and
-// table, in Grafana's dark theme) from the frames the harness produced: the frames after the
-// panel's transformations, given the panel's field config here as Grafana's panel does.
+// window.renderPanels([{id, panel, title, dataFrames, interpolations, width, height}]) draws
+// each panel (title and table, in Grafana's dark theme) from the frames the harness produced:
+// the frames after the panel's transformations, given the panel's field config here as
+// Grafana's panel does.
 import { createRoot } from 'react-dom/client';
 
 import { dataFrameFromJSON } from '@grafana/data';
@@ -14,7 +15,6 @@ import { applyFieldConfig, theme, withDefaults } from './panel.js';
 const COLUMN_WIDTH = 160;
 
 function Panel({ panel, title, frame, width, height }) {
-  const options = panel.options ?? {};
   width = Math.max(width, (frame?.fields.length ?? 0) * COLUMN_WIDTH);
   const style = {
     width,
@@ -41,7 +41,7 @@ function NoData({ height }) {
   );
 }
 
-/** The Table with the props Grafana's table panel gives it (public/app/plugins/panel/table/TablePanel.tsx). */
+/** The Table with the props Grafana's table panel gives it (plugins/panel/table/TablePanel.tsx). */
 function table(panel, frame, width, height) {
   const options = panel.options ?? {};
   return (
