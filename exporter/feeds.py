@@ -191,7 +191,7 @@ class MomentFeed:
             self._sink.reset()
             self._seen.clear()
             for row in connection.execute(
-                self._queries.aggregate(self._queries.moment < window_start)
+                self._queries.aggregate(self._queries.stamped("<", window_start))
             ):
                 self._sink.add_aggregate(row)
             self._since = window_start

@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import TableClause
 
 from exporter.config import StoreConfig
-from exporter.dialects import epoch_seconds, now_epoch_seconds
+from exporter.dialects import Comparison, compare_instant, epoch_seconds, now_epoch_seconds
 from exporter.tally import LATENCY_BUCKETS
 
 
@@ -115,7 +115,11 @@ class ChangeFeedQueries:
     def rows_since(self, moment: datetime) -> Select[Any]:
         """Rows stamped at or after ``moment`` (status-table layout)."""
         statement = select(self.id, *self._row_values()).select_from(self.source)
-        return self.filtered(statement, self.moment >= moment)
+        return self.filtered(statement, self.stamped(">=", moment))
+
+    def stamped(self, comparison: Comparison, moment: datetime) -> ColumnElement[bool]:
+        """The row's timestamp compared with ``moment`` as instants, whatever its text form."""
+        return compare_instant(self.dialect, self.moment, comparison, moment)
 
     def _row_values(self) -> list[ColumnElement[Any]]:
         values: list[ColumnElement[Any]] = [
@@ -187,14 +191,7 @@ class StoreQueries:
 
     def _later_than(self, timestamp: ColumnElement[datetime], db_now: float) -> ColumnElement[bool]:
         """``timestamp`` is after the instant ``db_now``, through the column's index if any."""
-        if self.dialect == "sqlite":
-            # Text, maybe with UTC offsets (at most 14 h): narrow down by the string,
-            # then compare instants.
-            return and_(
-                timestamp > _naive_utc(db_now - 14 * 3600),
-                epoch_seconds(self.dialect, timestamp) > db_now,
-            )
-        return timestamp > _naive_utc(db_now)
+        return compare_instant(self.dialect, timestamp, ">", _naive_utc(db_now))
 
     def synced_between(self, start: datetime, end: datetime) -> Select[Any]:
         """Synced changes per raw object and direction with start <= synced_at < end."""
@@ -204,7 +201,7 @@ class StoreQueries:
             .select_from(history.source)
             .group_by(*self.history_direction_labels)
         )
-        return history.filtered(statement, and_(history.moment >= start, history.moment < end))
+        return history.filtered(statement, history.stamped(">=", start), history.stamped("<", end))
 
 
 def build_queries(store: StoreConfig, dialect: str) -> StoreQueries:
