@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event
@@ -44,6 +45,8 @@ class Gauges:
     synced_last_hour: dict[HourSeries, int]
     future_rows: dict[str, int] = field(default_factory=dict)
     """Rows stamped later than ``db_now`` per table role (queue, history, errors)."""
+    last_hour_start: float | None = None
+    """Start (Unix seconds) of the hour ``synced_last_hour`` counts."""
 
 
 @dataclass(frozen=True)
@@ -170,23 +173,51 @@ class Watchdog:
             self._thread = None  # under the lock: arm() starts a new one when needed
 
 
+def previous_full_hour(now: float, zone: tzinfo) -> tuple[float, float]:
+    """The hour (Unix seconds, start and end) before the last full hour of ``zone``'s clock.
+
+    It ends when the zone's clock last read HH:00:00, which is not on a full UTC hour in
+    zones such as Asia/Kolkata (+05:30) or Asia/Kathmandu (+05:45), and lasts one hour: on
+    the day clocks go forward, the hour shown as 01:00-03:00.
+    """
+    local = datetime.fromtimestamp(now, UTC).astimezone(zone)
+    # replace() keeps the fold: in the repeated hour of autumn it stays the second one.
+    clock = local.replace(minute=0, second=0, microsecond=0)
+    while _wall(clock.astimezone(UTC).astimezone(zone)) != _wall(clock):
+        # Skipped by a clock change of half an hour (Australia/Lord_Howe): an earlier one.
+        clock -= timedelta(hours=1)
+    end = clock.timestamp()
+    return end - 3600.0, end
+
+
+def _wall(moment: datetime) -> datetime:
+    """What the clock reads (a time in a gap of a clock change reads differently once real)."""
+    return moment.replace(tzinfo=None, fold=0)
+
+
 class LastHourCache:
     """The previous full clock hour changes only while late commits can still land in it."""
 
-    def __init__(self, settle_time: float) -> None:
+    def __init__(self, settle_time: float, zone: tzinfo = UTC) -> None:
         self._settle_time = settle_time
+        self._zone = zone
         self._hour_end: float | None = None
         self._counts: dict[HourSeries, int] = {}
+
+    @property
+    def hour_start(self) -> float | None:
+        """Start of the hour last counted (Unix seconds)."""
+        return None if self._hour_end is None else self._hour_end - 3600.0
 
     def get(
         self, connection: Connection, queries: StoreQueries, labels: StoreLabels, db_now: float
     ) -> dict[HourSeries, int]:
-        hour_end = db_now - db_now % 3600
+        hour_start, hour_end = previous_full_hour(db_now, self._zone)
         settled = self._hour_end == hour_end and db_now > hour_end + self._settle_time
         if settled:
             return self._counts
         counts: dict[HourSeries, int] = {}
-        statement = queries.synced_between(utc_datetime(hour_end - 3600), utc_datetime(hour_end))
+        statement = queries.synced_between(utc_datetime(hour_start), utc_datetime(hour_end))
         for raw_object, raw_direction, synced in connection.execute(statement):
             key = (labels.objects(raw_object), labels.directions(raw_direction))
             counts[key] = counts.get(key, 0) + int(synced)
@@ -227,7 +258,7 @@ class StoreCollector:
                 MomentFeed(self.queries.history, self._history, config.settle_time),
                 MomentFeed(self.queries.errors, self._errors, config.settle_time),
             ]
-        self._last_hour = LastHourCache(config.settle_time)
+        self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
         self.query_seconds: dict[str, float] = {}
         # Long enough for any statement the server lets run (query_timeout) and its result.
         self._watchdog = Watchdog(
@@ -309,6 +340,7 @@ class StoreCollector:
             backlog=backlog,
             synced_last_hour={**zero_hour, **last_hour},
             future_rows=future_rows,
+            last_hour_start=self._last_hour.hour_start,
         )
 
     def totals(self) -> Totals:

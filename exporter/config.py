@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -240,6 +242,10 @@ class StoreConfig(_Frozen):
     directions: LabelMapping = {"to_crm": ("to_crm",), "from_crm": ("from_crm",)}
     max_objects: int = Field(default=100, ge=1, le=10_000)
     max_error_codes: int = Field(default=50, ge=1, le=10_000)
+    # Whose clock hours crmsync_records_synced_last_hour counts (an IANA name).
+    last_hour_time_zone: str = "UTC"
+    # Where a person opens a failed record in the CRM: the dashboards link each record there.
+    crm_record_url: str | None = None
     mapping: StoreMapping = StoreMapping()
 
     @field_validator("name")
@@ -259,6 +265,19 @@ class StoreConfig(_Frozen):
             raise ValueError(
                 "not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host:5432/db)"
             ) from None
+        return value
+
+    @field_validator("last_hour_time_zone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        time_zone(value)
+        return value
+
+    @field_validator("crm_record_url")
+    @classmethod
+    def _crm_record_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_record_url(value)
         return value
 
     @field_validator("objects")
@@ -321,9 +340,43 @@ class StoreConfig(_Frozen):
             return url.set(password=password)
         return url
 
+    @property
+    def last_hour_zone(self) -> ZoneInfo:
+        return time_zone(self.last_hour_time_zone)
+
     def display_url(self) -> str:
         """The URL for logs and messages, never with its password."""
         return make_url(self.url).render_as_string(hide_password=True)
+
+
+def time_zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; ValueError naming it when there is no such zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{name!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin, Asia/Kolkata)"
+        ) from None
+
+
+RECORD_URL_FIELDS = ("object", "record_id")
+"""The placeholders a CRM record URL may use: {object} and {record_id}."""
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def check_record_url(template: str) -> None:
+    """An http(s) URL whose only placeholders are {object} and {record_id}; else ValueError."""
+    parts = urlsplit(template)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{template!r} is not an http(s) URL")
+    unknown = sorted(set(_PLACEHOLDER.findall(template)) - set(RECORD_URL_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}}: use {{object}} and {{record_id}}")
+    if "{record_id}" not in template:
+        raise ValueError("the URL must contain {record_id}")
+    if "$" in template or any(c in _PLACEHOLDER.sub("", template) for c in "{}"):
+        # Grafana reads $ as the start of a variable; stray braces are a typo.
+        raise ValueError("the URL may not contain '$' or braces other than the placeholders")
 
 
 class Config(_Frozen):

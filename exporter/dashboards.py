@@ -1,23 +1,59 @@
-"""Grafana dashboards generated from the configuration, so that their SQL fits the mapping."""
+"""Grafana dashboards generated from the configuration, built with Grafana's typed builders."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Self
 
-from sqlalchemy.dialects.mysql.base import MySQLDialect
-from sqlalchemy.dialects.postgresql.base import PGDialect
-from sqlalchemy.engine import Dialect, make_url
+try:
+    import grafana_foundation_sdk  # noqa: F401
+except ModuleNotFoundError:  # a tool, not part of the exporter's own dependencies
+    raise SystemExit(
+        "crmsync-dashboards needs Grafana's foundation SDK: "
+        "pip install 'crmsync-exporter[dashboards]'"
+    ) from None
+from grafana_foundation_sdk.builders import bargauge, dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders.common import (
+    GraphThresholdsStyleConfig,
+    ReduceDataOptions,
+    StackingConfig,
+    TableFooterOptions,
+    TableSortByFieldState,
+    VizLegendOptions,
+    VizTooltipOptions,
+)
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DashboardLinkType,
+    DataSourceRef,
+    DataTransformerConfig,
+    DynamicConfigValue,
+    GridPos,
+    Threshold,
+    ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
+    VariableHide,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
+from sqlalchemy.engine import make_url
 
 from exporter.config import ConfigError, StoreConfig, load_config
+from exporter.dashboard_sql import REPORTED_ERROR_CODES, REPORTED_OBJECTS, SqlDialect, StoreSql
 
 Json = dict[str, Any]
-SqlDialect = Literal["postgresql", "mysql"]
 
 UIDS = {
     "status": "crmsync-status",
@@ -35,8 +71,11 @@ SQL_PLUGIN: dict[SqlDialect, str] = {
 }
 # Upper bounds of crmsync_sync_latency_seconds (exporter.tally.LATENCY_BUCKETS), as `le` text.
 LATENCY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+AGE_STEPS = ((None, "green"), (900.0, "orange"), (3600.0, "red"))
 
-_PROMETHEUS_DS = {"type": "prometheus", "uid": "${datasource}"}
+_PROMETHEUS = DataSourceRef(type_val="prometheus", uid="${datasource}")
+# Every exporter (job and instance) of the chosen store, and the view's filters on top.
+_SCOPE = 'store="$store", job=~"$job", instance=~"$instance"'
 
 
 @dataclass(frozen=True)
@@ -52,629 +91,319 @@ class Options:
     store_uid: str = STORE_UID
 
 
-# --- SQL -----------------------------------------------------------------------------------
-#
-# Nothing a person types or a URL carries reaches the SQL as SQL text. Every variable is
-# interpolated with Grafana's `queryparam` (or `percentencode`) format, whose output consists
-# of [A-Za-z0-9-_.~%=&] only, and the query percent-decodes it itself. Grafana's `sqlstring`
-# format is not used: it doubles single quotes but leaves backslashes alone, so on MySQL and
-# MariaDB (backslash escapes on by default) a value such as \' ends the string literal.
+# --- SQL queries: the SDK has no builder for Grafana's SQL datasources ------------------------
 
 
-@dataclass(frozen=True)
-class _Sql:
-    """Quoting and the few functions that differ between PostgreSQL and MySQL/MariaDB."""
+class SqlQuery(cogvariants.Dataquery):
+    """A raw SQL query of Grafana's PostgreSQL or MySQL datasource, as a table."""
 
-    name: SqlDialect
-    dialect: Dialect
+    def __init__(self, raw_sql: str, plugin: str, ref_id: str = "A") -> None:
+        self.raw_sql = raw_sql
+        self.plugin = plugin
+        self.ref_id = ref_id
 
-    def ident(self, name: str) -> str:
-        schema, _, bare = name.rpartition(".")
-        quoted = self.dialect.identifier_preparer.quote(bare)
-        if schema:
-            return f"{self.dialect.identifier_preparer.quote_schema(schema)}.{quoted}"
-        return quoted
-
-    def literal(self, value: str) -> str:
-        escaped = value.replace("'", "''")
-        if self.name == "mysql":
-            escaped = escaped.replace("\\", "\\\\")
-        return f"'{escaped}'"
-
-    def alias(self, name: str) -> str:
-        return f'"{name}"' if self.name == "postgresql" else f"`{name}`"
-
-    def contains(self, haystack: str, needle: str) -> str:
-        """Case-insensitive substring test; ``needle`` is already lower-case."""
-        if self.name == "postgresql":
-            return f"strpos(lower({haystack}), {needle}) > 0"
-        # Bytes, so that the column's collation and the parameter's never have to agree.
-        return f"LOCATE(CAST({needle} AS BINARY), CAST(LOWER({haystack}) AS BINARY)) > 0"
-
-    def same(self, left: str, right: str) -> str:
-        if self.name == "postgresql":
-            return f"{left} = {right}"
-        return f"CAST({left} AS BINARY) = CAST({right} AS BINARY)"
+    def to_json(self) -> dict[str, object]:
+        return {
+            "datasource": {"type": self.plugin, "uid": "${store_datasource}"},
+            "editorMode": "code",
+            "format": "table",
+            "rawQuery": True,
+            "rawSql": self.raw_sql,
+            "refId": self.ref_id,
+        }
 
 
-def _sql(dialect: SqlDialect) -> _Sql:
-    if dialect == "postgresql":
-        return _Sql("postgresql", PGDialect())  # type: ignore[no-untyped-call]
-    return _Sql("mysql", MySQLDialect())
+class SqlQueryBuilder(cogbuilder.Builder[SqlQuery]):
+    def __init__(self, raw_sql: str, plugin: str, ref_id: str = "A") -> None:
+        self._query = SqlQuery(raw_sql, plugin, ref_id)
+
+    def build(self) -> SqlQuery:
+        return self._query
 
 
-def _params_cte(sql: _Sql, variables: Sequence[str]) -> str:
-    """A CTE ``params(variable, value)``: the decoded values of the dashboard's variables.
-
-    ``variable`` is ``var-<name>``; a multi-value variable gives one row per selected value,
-    ``All`` when "All" is selected.
-    """
-    query = "&".join(f"${{{name}:queryparam}}" for name in variables)
-    if sql.name == "postgresql":
-        return (
-            "params (variable, value) AS (\n"
-            "  SELECT split_part(item, '=', 1),\n"
-            "    convert_from(coalesce((\n"
-            "      SELECT string_agg(CASE WHEN left(m[1], 1) = '%'\n"
-            "          THEN decode(substr(m[1], 2), 'hex') ELSE convert_to(m[1], 'UTF8') END,\n"
-            "        ''::bytea ORDER BY n)\n"
-            "      FROM regexp_matches(substr(item, strpos(item, '=') + 1),\n"
-            "        '%[0-9A-Fa-f]{2}|[^%]', 'g') WITH ORDINALITY AS t (m, n)\n"
-            "    ), ''::bytea), 'UTF8')\n"
-            f"  FROM unnest(string_to_array('{query}', '&')) AS item\n"
-            "  WHERE item <> ''\n"
-            ")"
-        )
-    return (
-        "query_string (n, item, rest) AS (\n"
-        f"  SELECT 0, CAST('' AS CHAR(4000)), CONCAT('{query}', '&')\n"
-        "  UNION ALL\n"
-        "  SELECT n + 1, SUBSTRING(rest, 1, LOCATE('&', rest) - 1),\n"
-        "    SUBSTRING(rest, LOCATE('&', rest) + 1)\n"
-        "  FROM query_string WHERE rest <> ''\n"
-        "),\n"
-        "query_char (n, item, p) AS (\n"
-        "  SELECT n, item, LOCATE('=', item) + 1 FROM query_string\n"
-        "  WHERE LOCATE('=', item) > 0\n"
-        "  UNION ALL\n"
-        "  SELECT n, item, p + 1 FROM query_char WHERE p < CHAR_LENGTH(item)\n"
-        "),\n"
-        "params (variable, value) AS (\n"
-        "  SELECT SUBSTRING_INDEX(item, '=', 1),\n"
-        "    CONVERT(UNHEX(GROUP_CONCAT(CASE\n"
-        "      WHEN p > CHAR_LENGTH(item) THEN ''\n"
-        "      WHEN SUBSTRING(item, p, 1) = '%' THEN SUBSTRING(item, p + 1, 2)\n"
-        "      WHEN SUBSTRING(item, p - 1, 1) = '%' OR SUBSTRING(item, p - 2, 1) = '%' THEN ''\n"
-        "      ELSE HEX(SUBSTRING(item, p, 1)) END ORDER BY p SEPARATOR '')) USING utf8mb4)\n"
-        "  FROM query_char GROUP BY n, item\n"
-        ")"
-    )
+# --- building blocks -------------------------------------------------------------------------
 
 
-def _with(sql: _Sql, ctes: Sequence[str]) -> str:
-    keyword = "WITH RECURSIVE" if sql.name == "mysql" else "WITH"
-    return f"{keyword}\n" + ",\n".join(ctes)
-
-
-def _selected(sql: _Sql, variable: str, label: str) -> str:
-    """``label`` is among the values selected in ``variable`` (or All is selected)."""
-    return (
-        f"EXISTS (SELECT 1 FROM params WHERE params.variable = 'var-{variable}'\n"
-        f"    AND (params.value = 'All' OR {sql.same('params.value', label)}))"
-    )
-
-
-def _search_cte() -> str:
-    return (
-        "search_for (needle) AS (\n"
-        "  SELECT lower(coalesce(max(CASE WHEN variable = 'var-search' THEN value END), ''))\n"
-        "  FROM params\n"
-        ")"
-    )
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where one kind of row lives and how its columns become the metrics' label values."""
-
-    table: str
-    where: str | None
-    columns: Mapping[str, str]
-
-
-class StoreSql:
-    """The dashboards' SQL for one store's mapping, in one dialect."""
-
-    def __init__(self, store: StoreConfig, dialect: SqlDialect) -> None:
-        self.store = store
-        self.sql = _sql(dialect)
-        mapping = store.mapping
-        statuses = mapping.status_values
-        single = mapping.single_table
-        if single is None:
-            self.errors = _Source(
-                mapping.errors.table,
-                None,
-                {
-                    "id": mapping.errors.id,
-                    "time": mapping.errors.failed_at,
-                    "object": mapping.errors.object_type,
-                    "record_id": mapping.errors.record_id,
-                    "record_name": mapping.errors.record_name,
-                    "operation": mapping.errors.operation,
-                    "direction": mapping.errors.direction,
-                    "error_code": mapping.errors.error_code,
-                    "error_message": mapping.errors.error_message,
-                },
-            )
-            self.queue = _Source(
-                mapping.queue.table,
-                None,
-                {
-                    "time": mapping.queue.enqueued_at,
-                    "object": mapping.queue.object_type,
-                    "record_id": mapping.queue.record_id,
-                    "operation": mapping.queue.operation,
-                    "direction": mapping.queue.direction,
-                },
-            )
-        else:
-            status = self.sql.ident(single.status)
-            self.errors = _Source(
-                single.table,
-                f"{status} IN ({self._list(statuses.failed)})",
-                {
-                    "id": single.id,
-                    "time": single.failed_at,
-                    "object": single.object_type,
-                    "record_id": single.record_id,
-                    "record_name": single.record_name,
-                    "operation": single.operation,
-                    "direction": single.direction,
-                    "error_code": single.error_code,
-                    "error_message": single.error_message,
-                },
-            )
-            self.queue = _Source(
-                single.table,
-                f"{status} IN ({self._list(statuses.pending)})",
-                {
-                    "time": single.enqueued_at,
-                    "object": single.object_type,
-                    "record_id": single.record_id,
-                    "operation": single.operation,
-                    "direction": single.direction,
-                },
-            )
-
-    def _list(self, values: Iterable[str]) -> str:
-        return ", ".join(self.sql.literal(value) for value in values)
-
-    def _mapped(self, column: str, mapping: Mapping[str, Sequence[str]]) -> str:
-        """The exporter's label value of a mapped column (operation, direction)."""
-        raw = f"lower(trim({column}))"
-        branches = "".join(
-            f"\n      WHEN {raw} IN ({self._list(value.lower() for value in values)})"
-            f" THEN {self.sql.literal(label)}"
-            for label, values in mapping.items()
-        )
-        return f"CASE{branches}\n      ELSE 'other' END"
-
-    def _labelled(self, source: _Source, extra: Sequence[str]) -> str:
-        """A subquery of ``source`` with label columns computed as the exporter computes them."""
-        sql = self.sql
-        c = {key: sql.ident(name) for key, name in source.columns.items()}
-        fields = [
-            f"{c['time']} AS {sql.alias('time')}",
-            f"lower(trim({c['object']})) AS object",
-            f"{c['record_id']} AS record_id",
-            f"{self._mapped(c['operation'], self.store.operations)} AS operation",
-            f"{self._mapped(c['direction'], self.store.directions)} AS direction",
-            *extra,
-        ]
-        return ",\n    ".join(fields)
-
-    def failed_records(self, page_size: int) -> str:
-        """The errors browser: failed attempts in the time range, filtered, newest first."""
-        sql = self.sql
-        source = self.errors
-        c = {key: sql.ident(name) for key, name in source.columns.items()}
-        where = [f"$__timeFilter({c['time']})"] + ([source.where] if source.where else [])
-        fields = self._labelled(
-            source,
-            [
-                f"{c['record_name']} AS record_name",
-                f"trim({c['error_code']}) AS error_code",
-                f"{c['error_message']} AS error_message",
-                f"{c['id']} AS id",
-            ],
-        )
-        return (
-            _with(sql, [_params_cte(sql, _ERROR_FILTERS), _search_cte()])
-            + "\nSELECT f.time, f.object, f.record_id, f.record_name, f.operation, f.direction,"
-            "\n  f.error_code, f.error_message"
-            f"\nFROM (\n  SELECT\n    {fields}\n  FROM {sql.ident(source.table)}"
-            f"\n  WHERE {' AND '.join(where)}\n) AS f CROSS JOIN search_for"
-            f"\nWHERE {self._error_filters()}"
-            "\nORDER BY f.time DESC, f.id DESC"
-            f"\nLIMIT {int(page_size)}"
-        )
-
-    def failed_count(self) -> str:
-        """How many failed attempts match the errors browser's filters (it shows a page)."""
-        sql = self.sql
-        source = self.errors
-        c = {key: sql.ident(name) for key, name in source.columns.items()}
-        where = [f"$__timeFilter({c['time']})"] + ([source.where] if source.where else [])
-        fields = self._labelled(
-            source,
-            [
-                f"{c['record_name']} AS record_name",
-                f"trim({c['error_code']}) AS error_code",
-                f"{c['error_message']} AS error_message",
-            ],
-        )
-        return (
-            _with(sql, [_params_cte(sql, _ERROR_FILTERS), _search_cte()])
-            + f"\nSELECT count(*) AS {sql.alias('matching failed records')}"
-            f"\nFROM (\n  SELECT\n    {fields}\n  FROM {sql.ident(source.table)}"
-            f"\n  WHERE {' AND '.join(where)}\n) AS f CROSS JOIN search_for"
-            f"\nWHERE {self._error_filters()}"
-        )
-
-    def _error_filters(self) -> str:
-        sql = self.sql
-        search = "\n    OR ".join(
-            sql.contains(f"coalesce(f.{column}, '')", "search_for.needle")
-            for column in ("record_id", "record_name", "error_code", "error_message")
-        )
-        return "\n  AND ".join(
-            [
-                _selected(sql, "object", "f.object"),
-                _selected(sql, "operation", "f.operation"),
-                _selected(sql, "direction", "f.direction"),
-                _selected(sql, "error_code", "f.error_code"),
-                f"(search_for.needle = ''\n    OR {search})",
-            ]
-        )
-
-    def oldest_pending(self, per_operation: int) -> str:
-        """The oldest waiting changes of one object, the first few of each operation."""
-        sql = self.sql
-        source = self.queue
-        c = {key: sql.ident(name) for key, name in source.columns.items()}
-        fields = self._labelled(source, [])
-        where = f"\n  WHERE {source.where}" if source.where else ""
-        if sql.name == "postgresql":
-            age = f"extract(epoch from (now() AT TIME ZONE 'UTC') - {c['time']})"
-        else:
-            age = f"TIMESTAMPDIFF(MICROSECOND, {c['time']}, UTC_TIMESTAMP(6)) / 1e6"
-        parts = []
-        for operation in self.store.operations:
-            parts.append(
-                "  (SELECT q.time, q.record_id, q.operation, q.direction, q.age\n"
-                f"   FROM q\n   WHERE q.operation = {sql.literal(operation)}\n"
-                f"     AND {_selected(sql, 'object', 'q.object')}\n"
-                f"     AND {_selected(sql, 'direction', 'q.direction')}\n"
-                f"   ORDER BY q.time\n   LIMIT {int(per_operation)})"
-            )
-        queue = (
-            f"q AS (\n  SELECT\n    {fields},\n    {age} AS age\n"
-            f"  FROM {sql.ident(source.table)}{where}\n)"
-        )
-        return (
-            _with(sql, [_params_cte(sql, ["object", "direction"]), queue])
-            + "\nSELECT p.time AS enqueued_at, p.record_id, p.operation, p.direction,"
-            f" p.age AS {sql.alias('age')}\nFROM (\n"
-            + "\n  UNION ALL\n".join(parts)
-            + "\n) AS p\nORDER BY p.time"
-        )
-
-
-_ERROR_FILTERS = ["object", "operation", "direction", "error_code", "search"]
-
-
-# --- Grafana building blocks ----------------------------------------------------------------
-
-
-def _grid(x: int, y: int, w: int, h: int) -> Json:
-    return {"x": x, "y": y, "w": w, "h": h}
+def _grid(x: int, y: int, w: int, h: int) -> GridPos:
+    return GridPos(x=x, y=y, w=w, h=h)
 
 
 def _prom(
-    expr: str, ref: str, legend: str = "", instant: bool = False, table: bool = False
-) -> Json:
-    target: Json = {
-        "datasource": dict(_PROMETHEUS_DS),
-        "editorMode": "code",
-        "expr": expr,
-        "refId": ref,
-    }
+    expr: str,
+    ref: str = "A",
+    legend: str = "",
+    *,
+    instant: bool = False,
+    table_format: bool = False,
+) -> prometheus.Dataquery:
+    query = (
+        prometheus.Dataquery()
+        .datasource(_PROMETHEUS)
+        .editor_mode(QueryEditorMode.CODE)
+        .expr(expr)
+        .ref_id(ref)
+    )
     if legend:
-        target["legendFormat"] = legend
-    if instant:
-        target["instant"] = True
-        target["range"] = False
-    else:
-        target["range"] = True
-    if table:
-        target["format"] = "table"
-    return target
+        query = query.legend_format(legend)
+    query = query.instant() if instant else query.range()
+    if table_format:
+        query = query.format(PromQueryFormat.TABLE)
+    return query
 
 
-def _sql_target(sql_text: str, ref: str = "A", plugin: str = "") -> Json:
-    return {
-        "datasource": {"type": plugin, "uid": "${store_datasource}"},
-        "editorMode": "code",
-        "format": "table",
-        "rawQuery": True,
-        "rawSql": sql_text,
-        "refId": ref,
-    }
-
-
-def _panel(
-    kind: str,
-    title: str,
-    description: str,
-    unit: str,
-    grid: Json,
-    targets: Sequence[Json],
-    *,
-    datasource: Json | None = None,
-    options: Json | None = None,
-    custom: Json | None = None,
-    overrides: Sequence[Json] = (),
-    thresholds: Sequence[tuple[float | None, str]] = ((None, "green"),),
-    mappings: Sequence[Json] = (),
-    links: Sequence[Json] = (),
-    transformations: Sequence[Json] = (),
-    decimals: int | None = None,
-    minimum: float | None = None,
-    maximum: float | None = None,
-) -> Json:
-    defaults: Json = {
-        "unit": unit,
-        "thresholds": {
-            "mode": "absolute",
-            "steps": [{"color": color, "value": value} for value, color in thresholds],
-        },
-        "mappings": list(mappings),
-    }
-    if custom is not None:
-        defaults["custom"] = custom
-    if links:
-        defaults["links"] = list(links)
-    if decimals is not None:
-        defaults["decimals"] = decimals
-    if minimum is not None:
-        defaults["min"] = minimum
-    if maximum is not None:
-        defaults["max"] = maximum
-    panel: Json = {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "gridPos": grid,
-        "datasource": datasource if datasource is not None else dict(_PROMETHEUS_DS),
-        "targets": list(targets),
-        "fieldConfig": {"defaults": defaults, "overrides": list(overrides)},
-        "options": options or {},
-    }
-    if transformations:
-        panel["transformations"] = list(transformations)
-    return panel
-
-
-def _timeseries(
-    title: str,
-    description: str,
-    unit: str,
-    grid: Json,
-    targets: Sequence[Json],
-    *,
-    stack: bool = False,
-    thresholds: Sequence[tuple[float | None, str]] = ((None, "green"),),
-    threshold_line: bool = False,
-    links: Sequence[Json] = (),
-    minimum: float | None = None,
-    maximum: float | None = None,
-) -> Json:
-    custom: Json = {
-        "drawStyle": "line",
-        "lineWidth": 1,
-        "fillOpacity": 25 if stack else 10,
-        "showPoints": "never",
-        "spanNulls": False,
-        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
-        "thresholdsStyle": {"mode": "dashed" if threshold_line else "off"},
-    }
-    return _panel(
-        "timeseries",
-        title,
-        description,
-        unit,
-        grid,
-        targets,
-        custom=custom,
-        thresholds=thresholds,
-        links=links,
-        minimum=minimum,
-        maximum=maximum,
-        options={
-            "legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull"]},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
+def _thresholds(steps: Sequence[tuple[float | None, str]]) -> dashboard.ThresholdsConfig:
+    return (
+        dashboard.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(value=value, color=color) for value, color in steps])
     )
-
-
-def _stat(
-    title: str,
-    description: str,
-    unit: str,
-    grid: Json,
-    targets: Sequence[Json],
-    *,
-    thresholds: Sequence[tuple[float | None, str]] = ((None, "green"),),
-    mappings: Sequence[Json] = (),
-    datasource: Json | None = None,
-    decimals: int | None = None,
-) -> Json:
-    return _panel(
-        "stat",
-        title,
-        description,
-        unit,
-        grid,
-        targets,
-        datasource=datasource,
-        thresholds=thresholds,
-        mappings=mappings,
-        decimals=decimals,
-        options={
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "value",
-            "graphMode": "area",
-            "textMode": "auto",
-            "justifyMode": "auto",
-            "orientation": "auto",
-        },
-    )
-
-
-def _override(field: str, properties: Mapping[str, Any]) -> Json:
-    return {
-        "matcher": {"id": "byName", "options": field},
-        "properties": [{"id": key, "value": value} for key, value in properties.items()],
-    }
 
 
 def _link(title: str, uid: str, query: str) -> Json:
     return {"title": title, "url": f"/d/{uid}?{query}&${{__url_time_range}}"}
 
 
-def _datasource_variable(name: str, label: str, plugin: str, uid: str) -> Json:
-    return {
-        "type": "datasource",
-        "name": name,
-        "label": label,
-        "query": plugin,
-        "current": {"text": uid, "value": uid},
-        "hide": 0,
-        "refresh": 1,
-        "regex": "",
-        "options": [],
-    }
+def _links(links: Sequence[Json]) -> DynamicConfigValue:
+    return DynamicConfigValue(id_val="links", value=list(links))
+
+
+def _value_text(mapping: dict[str, str]) -> ValueMap:
+    return ValueMap(
+        options={
+            value: ValueMappingResult(text=text, index=index)
+            for index, (value, text) in enumerate(mapping.items())
+        }
+    )
+
+
+_NOT_APPLICABLE = {
+    "type": "special",
+    "options": {"match": "nan", "result": {"text": "N/A", "index": 0}},
+}
+
+
+def _timeseries(
+    title: str,
+    description: str,
+    unit: str,
+    grid: GridPos,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    stack: bool = False,
+    minimum: float | None = 0,
+    maximum: float | None = None,
+) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .unit(unit)
+        .grid_pos(grid)
+        .datasource(_PROMETHEUS)
+        .targets(list(targets))
+        .line_width(1)
+        .fill_opacity(25 if stack else 10)
+        .show_points(common.VisibilityMode.NEVER)
+        .span_nulls(False)
+        .stacking(
+            StackingConfig().mode(common.StackingMode.NORMAL if stack else common.StackingMode.NONE)
+        )
+        .legend(
+            VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.RIGHT)
+            .show_legend(True)
+            .calcs(["lastNotNull"])
+        )
+        .tooltip(
+            VizTooltipOptions()
+            .mode(common.TooltipDisplayMode.MULTI)
+            .sort(common.SortOrder.DESCENDING)
+        )
+    )
+    if minimum is not None:
+        panel = panel.min(minimum)
+    if maximum is not None:
+        panel = panel.max(maximum)
+    return panel
+
+
+def _stat(
+    title: str,
+    description: str,
+    unit: str,
+    grid: GridPos,
+    targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
+    *,
+    steps: Sequence[tuple[float | None, str]] = ((None, "green"),),
+    decimals: int | None = None,
+    datasource: DataSourceRef = _PROMETHEUS,
+) -> stat.Panel:
+    panel = (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .unit(unit)
+        .grid_pos(grid)
+        .datasource(datasource)
+        .targets(list(targets))
+        .thresholds(_thresholds(steps))
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .color_mode(common.BigValueColorMode.VALUE)
+        .graph_mode(common.BigValueGraphMode.AREA)
+        .text_mode(common.BigValueTextMode.AUTO)
+        .justify_mode(common.BigValueJustifyMode.AUTO)
+        .orientation(common.VizOrientation.AUTO)
+    )
+    if decimals is not None:
+        panel = panel.decimals(decimals)
+    return panel
+
+
+def _table(title: str, description: str, grid: GridPos, datasource: DataSourceRef) -> table.Panel:
+    return (
+        table.Panel()
+        .title(title)
+        .description(description)
+        .unit("short")
+        .grid_pos(grid)
+        .datasource(datasource)
+        .show_header(True)
+        .cell_height(common.TableCellHeight.SM)
+        .align(common.FieldTextAlignment.AUTO)
+    )
+
+
+class _Dashboard:
+    """Collects one dashboard's variables and panels; ``json()`` renders it."""
+
+    def __init__(self, uid: str, title: str, description: str) -> None:
+        self._builder = (
+            dashboard.Dashboard(title)
+            .uid(uid)
+            .description(description)
+            .tags([TAG])
+            .editable()
+            .tooltip(DashboardCursorSync.CROSSHAIR)
+            .refresh("30s")
+            .time("now-6h", "now")
+            # The viewer's own clock: hours and times read as on the wall where they sit.
+            .timezone("browser")
+            .version(1)
+            .link(
+                dashboard.DashboardLink("CRM sync")
+                .type(DashboardLinkType.DASHBOARDS)
+                .tags([TAG])
+                .as_dropdown(False)
+                .include_vars(True)
+                .keep_time(True)
+                .target_blank(False)
+                .icon("external link")
+                .tooltip("")
+                .url("")
+            )
+        )
+
+    def variable(self, variable: cogbuilder.Builder[Any]) -> Self:
+        self._builder = self._builder.with_variable(variable)
+        return self
+
+    def panel(self, panel: cogbuilder.Builder[Any]) -> Self:
+        self._builder = self._builder.with_panel(panel)
+        return self
+
+    def row(self, row: dashboard.Row) -> Self:
+        self._builder = self._builder.with_row(row)
+        return self
+
+    def json(self) -> Json:
+        built: Json = json.loads(json.dumps(self._builder.build(), cls=JSONEncoder))
+        next_id = 1
+        for panel in built["panels"]:
+            panel["id"] = next_id
+            next_id += 1
+        return built
+
+
+# --- variables -------------------------------------------------------------------------------
+
+
+def _datasource_variable(
+    name: str, label: str, plugin: str, uid: str
+) -> dashboard.DatasourceVariable:
+    return (
+        dashboard.DatasourceVariable(name)
+        .label(label)
+        .type(plugin)
+        .current(VariableOption(text=uid, value=uid, selected=True))
+    )
 
 
 def _query_variable(
     name: str,
     label: str,
     query: str,
-    *,
-    multi: bool,
-    all_value: bool,
     description: str,
-) -> Json:
-    variable: Json = {
-        "type": "query",
-        "name": name,
-        "label": label,
-        "description": description,
-        "datasource": dict(_PROMETHEUS_DS),
-        "definition": query,
-        "query": {
-            "qryType": 1,
-            "query": query,
-            "refId": "PrometheusVariableQueryEditor-VariableQuery",
-        },
-        "refresh": 2,
-        "sort": 1,
-        "multi": multi,
-        "includeAll": all_value,
-        "current": {"text": ["All"], "value": ["$__all"]} if all_value else {},
-        "hide": 0,
-        "regex": "",
-        "options": [],
-    }
-    if all_value:
-        # Matches every value in PromQL; SQL sees "All" (the queryparam format of this value).
-        variable["allValue"] = ".*"
+    *,
+    multi: bool = False,
+    regex: str = "",
+    hidden: bool = False,
+) -> dashboard.QueryVariable:
+    variable = (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .description(description)
+        .datasource(_PROMETHEUS)
+        .query(
+            {
+                "qryType": 3 if query.startswith("query_result(") else 1,
+                "query": query,
+                "refId": "PrometheusVariableQueryEditor-VariableQuery",
+            }
+        )
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(multi)
+        .include_all(multi)
+    )
+    if regex:
+        variable = variable.regex(regex)
+    if hidden:
+        variable = variable.hide(VariableHide.HIDE_VARIABLE)
+    if multi:
+        variable = variable.current(VariableOption(text="All", value="$__all"))
+        if not hidden:
+            # Matches every value in PromQL, including series newer than the option list.
+            variable = variable.all_value(".*")
     return variable
 
 
 def _custom_variable(
     name: str, label: str, options: Sequence[tuple[str, str]], description: str
-) -> Json:
+) -> dashboard.CustomVariable:
     text, value = options[0]
-    return {
-        "type": "custom",
-        "name": name,
-        "label": label,
-        "description": description,
-        "query": ",".join(f"{t} : {v}" for t, v in options),
-        "current": {"text": text, "value": value},
-        "options": [
-            {"text": t, "value": v, "selected": index == 0} for index, (t, v) in enumerate(options)
-        ],
-        "multi": False,
-        "includeAll": False,
-        "hide": 0,
-    }
+    return (
+        dashboard.CustomVariable(name)
+        .label(label)
+        .description(description)
+        .values(",".join(f"{t} : {v}" for t, v in options))
+        .current(VariableOption(text=text, value=value, selected=True))
+    )
 
 
-def _textbox_variable(name: str, label: str, description: str) -> Json:
-    return {
-        "type": "textbox",
-        "name": name,
-        "label": label,
-        "description": description,
-        "query": "",
-        "current": {"text": "", "value": ""},
-        "options": [],
-        "hide": 0,
-    }
+def _textbox_variable(
+    name: str, label: str, description: str, default: str = ""
+) -> dashboard.TextBoxVariable:
+    return (
+        dashboard.TextBoxVariable(name)
+        .label(label)
+        .description(description)
+        .default_value(default)
+        .current(VariableOption(text=default, value=default))
+    )
 
 
-def _dashboard(
-    uid: str, title: str, description: str, variables: Sequence[Json], panels: Sequence[Json]
-) -> Json:
-    numbered = []
-    for index, panel in enumerate(panels, start=1):
-        numbered.append({"id": index, **panel})
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": [TAG],
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "timezone": "utc",
-        "links": [
-            {
-                "type": "dashboards",
-                "title": "CRM sync",
-                "tags": [TAG],
-                "asDropdown": False,
-                "includeVars": True,
-                "keepTime": True,
-                "targetBlank": False,
-                "icon": "external link",
-                "tooltip": "",
-                "url": "",
-            }
-        ],
-        "templating": {"list": list(variables)},
-        "annotations": {"list": []},
-        "panels": numbered,
-    }
-
-
-# --- the dashboards -------------------------------------------------------------------------
+# --- the dashboards ---------------------------------------------------------------------------
 
 
 class _Builder:
@@ -683,341 +412,497 @@ class _Builder:
         self.options = options
         self.sql = StoreSql(store, options.dialect)
         self.plugin = SQL_PLUGIN[options.dialect]
+        self.store_ds = DataSourceRef(type_val=self.plugin, uid="${store_datasource}")
         self.operations = list(store.operations)
 
-    # variables
+    # variables shared by the dashboards
 
-    def datasource(self) -> Json:
-        return _datasource_variable(
-            "datasource", "Prometheus", "prometheus", self.options.prometheus_uid
+    def scope(self, board: _Dashboard, *, sql: bool = False) -> None:
+        """Datasources, job, instance and store: which exporter's numbers of which store."""
+        board.variable(
+            _datasource_variable(
+                "datasource", "Prometheus", "prometheus", self.options.prometheus_uid
+            )
+        )
+        if sql:
+            board.variable(
+                _datasource_variable(
+                    "store_datasource", "Sync store", self.plugin, self.options.store_uid
+                )
+            )
+        board.variable(
+            _query_variable(
+                "job",
+                "Job",
+                "label_values(crmsync_up, job)",
+                "Prometheus jobs scraping a crmsync exporter.",
+                multi=True,
+            )
+        )
+        board.variable(
+            _query_variable(
+                "instance",
+                "Instance",
+                'label_values(crmsync_up{job=~"$job"}, instance)',
+                "Exporter instances of the selected jobs: two exporters reading one store, or "
+                "one store name in two environments, are told apart here.",
+                multi=True,
+            )
+        )
+        board.variable(
+            _query_variable(
+                "store",
+                "Store",
+                'label_values(crmsync_up{job=~"$job", instance=~"$instance"}, store)',
+                "The configured sync store (the exporter's store name).",
+            )
         )
 
-    def store_datasource(self) -> Json:
-        return _datasource_variable(
-            "store_datasource", "Sync store", self.plugin, self.options.store_uid
-        )
-
-    def store_variable(self) -> Json:
-        return _query_variable(
-            "store",
-            "Store",
-            "label_values(crmsync_up, store)",
-            multi=False,
-            all_value=False,
-            description="The configured sync store (the exporter's store name).",
-        )
-
-    def label_variable(self, name: str, label: str, metric: str, *, multi: bool) -> Json:
+    def label_variable(
+        self, name: str, label: str, metric: str, *, multi: bool
+    ) -> dashboard.QueryVariable:
         return _query_variable(
             name,
             label,
-            f'label_values({metric}{{store="$store"}}, {name})',
+            f"label_values({metric}{{{_SCOPE}}}, {name})",
+            f"{label} values as the exporter reports them (lower-case, mapped).",
             multi=multi,
-            all_value=multi,
-            description=f"{label} values as the exporter reports them (lower-case, mapped).",
         )
 
-    # selectors
+    def reported(self, name: str, label: str) -> dashboard.QueryVariable:
+        """Hidden: every value of ``label`` the exporter reports, for the SQL's `other`."""
+        metric = (
+            "crmsync_sync_errors_total"
+            if label == "error_code"
+            else '{__name__=~"crmsync_(pending_records|records_synced_total|sync_errors_total)"'
+        )
+        selector = f"{metric}{{{_SCOPE}}}" if label == "error_code" else f"{metric}, {_SCOPE}}}"
+        return _query_variable(
+            name,
+            f"Reported {label} values",
+            f"label_values({selector}, {label})",
+            f"Every {label} value the exporter reports: the SQL panels call any other store "
+            "value 'other', as the exporter does over its caps.",
+            multi=True,
+            hidden=True,
+        )
 
     @staticmethod
     def sel(*extra: str) -> str:
-        return ", ".join(['store="$store"', *extra])
+        return ", ".join([_SCOPE, *extra])
+
+    # Sync Status
 
     def status(self) -> Json:
-        view = _custom_variable(
-            "view",
-            "View",
-            [("Backlog", "0"), ("Last hour", "1")],
-            "Backlog: what waits now. Last hour: records synced in the previous full clock hour.",
+        board = _Dashboard(
+            UIDS["status"],
+            "CRM sync / Sync Status",
+            "The Sync Status tab: backlog and oldest pending change per object, the last full "
+            "hour's throughput, and the exporter's own health.",
         )
-        variables = [
-            self.datasource(),
-            self.store_variable(),
-            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True),
-            view,
-        ]
+        self.scope(board)
+        board.variable(
+            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True)
+        )
+        board.variable(
+            _custom_variable(
+                "view",
+                "View",
+                [("Backlog", "0"), ("Last hour", "1")],
+                "Backlog: what waits now. Last hour: records synced in the previous full clock "
+                "hour.",
+            )
+        )
+        start = f"max(crmsync_records_synced_last_hour_start_timestamp_seconds{{{_SCOPE}}})"
+        for name, expr, label in (
+            ("last_hour_start", f"{start} * 1000", "Start of the last full hour"),
+            ("last_hour_end", f"({start} + 3600) * 1000", "End of the last full hour"),
+        ):
+            board.variable(
+                _query_variable(
+                    name,
+                    label,
+                    f"query_result({expr})",
+                    f"{label} the exporter counts, in milliseconds (shown in the viewer's "
+                    "time zone).",
+                    regex="/} ([0-9]+)/",
+                    hidden=True,
+                )
+            )
+        hour = "${last_hour_start:date:HH:mm}-${last_hour_end:date:HH:mm}"
         sel = self.sel('direction=~"$direction"')
-        backlog_gate = "and on () (vector($view) == 0)"
-        hour_gate = "and on () (vector($view) == 1)"
-        targets: list[Json] = []
-        rename: dict[str, str] = {"object": "Object"}
-        overrides: list[Json] = []
-        for index, operation in enumerate(self.operations):
-            op_sel = f'{sel}, operation="{operation}"'
-            pending_ref, age_ref, na_ref = f"P{index}", f"A{index}", f"N{index}"
-            targets.append(
-                _prom(
-                    f"sum by (object) (crmsync_pending_records{{{op_sel}}}) {backlog_gate}",
-                    pending_ref,
-                    instant=True,
-                    table=True,
-                )
-            )
-            targets.append(
-                _prom(
-                    f"max by (object) (crmsync_oldest_pending_age_seconds{{{op_sel}}})"
-                    f" {backlog_gate}",
-                    age_ref,
-                    instant=True,
-                    table=True,
-                )
-            )
-            targets.append(
-                _prom(
-                    f"sum by (object) (crmsync_records_synced_last_hour{{{sel}}}) * NaN"
-                    f" {hour_gate}",
-                    na_ref,
-                    instant=True,
-                    table=True,
-                )
-            )
-            plural = f"{operation}s"
-            rename[f"Value #{pending_ref}"] = f"Pending {plural}"
-            rename[f"Value #{age_ref}"] = f"Oldest pending {operation}"
-            rename[f"Value #{na_ref}"] = plural.capitalize()
-            overrides.append(_override(f"Pending {plural}", {"unit": "short", "decimals": 0}))
-            overrides.append(
-                _override(
-                    f"Oldest pending {operation}",
-                    {
-                        "unit": "s",
-                        "custom.cellOptions": {"type": "color-text"},
-                        "thresholds": {
-                            "mode": "absolute",
-                            "steps": [
-                                {"color": "green", "value": None},
-                                {"color": "orange", "value": 900},
-                                {"color": "red", "value": 3600},
-                            ],
-                        },
-                    },
-                )
-            )
-            overrides.append(
-                _override(
-                    plural.capitalize(),
-                    {
-                        "unit": "short",
-                        "mappings": [
-                            {
-                                "type": "special",
-                                "options": {
-                                    "match": "nan",
-                                    "result": {"text": "N/A", "index": 0},
-                                },
-                            }
-                        ],
-                    },
-                )
-            )
-        targets.append(
-            _prom(
-                f"sum by (object) (crmsync_records_synced_last_hour{{{sel}}}) {hour_gate}",
-                "H",
-                instant=True,
-                table=True,
-            )
-        )
-        rename["Value #H"] = "Synced in the last full hour"
-        overrides.append(
-            _override("Synced in the last full hour", {"unit": "short", "decimals": 0})
-        )
-        overrides.append(
-            _override(
-                "Object",
-                {
-                    "links": [
-                        _link(
-                            "Open ${__value.raw}",
-                            UIDS["object"],
-                            "${datasource:queryparam}&${store:queryparam}"
-                            "&${direction:queryparam}&var-object=${__value.raw}",
-                        )
-                    ]
-                },
-            )
-        )
-        table = _panel(
-            "table",
-            "Sync Status",
-            "One row per object. View Backlog: changes waiting to be synced, split into "
-            "inserts and updates, and the age of the oldest waiting insert and update. View "
-            "Last hour: records synced in the previous full clock hour (e.g. 1:00-2:00); the "
-            "insert and update columns read N/A there, as the store does not split that count. "
-            "Click an object to open its details.",
-            "short",
-            _grid(0, 4, 24, 8),
-            targets,
-            custom={"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False},
-            overrides=overrides,
-            transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {
-                        "excludeByName": {"Time": True},
-                        "renameByName": rename,
-                        "indexByName": {},
-                    },
-                },
-            ],
-            options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
-        )
-        arrival = self.arrival_expr(sel, "")
-        synced = f"sum (rate(crmsync_records_synced_total{{{sel}}}[$__rate_interval]))"
-        panels = [
+        board.panel(
             _stat(
                 "Pending changes",
                 "Changes waiting in the sync queue now, all objects of the selected directions.",
                 "short",
                 _grid(0, 0, 6, 4),
-                [_prom(f"sum (crmsync_pending_records{{{sel}}})", "A", instant=False)],
-                thresholds=((None, "green"), (1000, "orange"), (10000, "red")),
+                [_prom(f"sum (crmsync_pending_records{{{sel}}})")],
+                steps=((None, "green"), (1000, "orange"), (10000, "red")),
                 decimals=0,
-            ),
+            )
+        )
+        board.panel(
             _stat(
                 "Oldest pending change",
                 "How long the oldest waiting change has waited, by the store's clock.",
                 "s",
                 _grid(6, 0, 6, 4),
-                [_prom(f"max (crmsync_oldest_pending_age_seconds{{{sel}}})", "A")],
-                thresholds=((None, "green"), (900, "orange"), (3600, "red")),
-            ),
+                [_prom(f"max (crmsync_oldest_pending_age_seconds{{{sel}}})")],
+                steps=AGE_STEPS,
+            )
+        )
+        board.panel(
             _stat(
-                "Synced in the last full hour",
-                "Records synced in the previous full clock hour, all objects.",
+                f"Synced {hour}",
+                "Records synced in the previous full clock hour, all objects (the hour in your "
+                "time zone; the exporter counts the clock hours of its last_hour_time_zone).",
                 "short",
                 _grid(12, 0, 6, 4),
-                [_prom(f"sum (crmsync_records_synced_last_hour{{{sel}}})", "A")],
+                [_prom(f"sum (crmsync_records_synced_last_hour{{{sel}}})")],
                 decimals=0,
-            ),
+            )
+        )
+        board.panel(
             _stat(
                 "Store readable",
-                "Whether the exporter's last collection from the store succeeded. When it did "
-                "not, the backlog numbers are missing rather than stale.",
+                "Whether the exporter's last collection from the store succeeded. DOWN too when "
+                "no exporter answers at all: then every other number here is missing.",
                 "none",
                 _grid(18, 0, 6, 4),
-                [_prom('min (crmsync_up{store="$store"})', "A")],
-                thresholds=((None, "red"), (1, "green")),
-                mappings=[
-                    {
-                        "type": "value",
-                        "options": {
-                            "0": {"text": "DOWN", "index": 0},
-                            "1": {"text": "UP", "index": 1},
-                        },
-                    }
-                ],
-            ),
-            table,
+                [_prom(f"min (crmsync_up{{{_SCOPE}}}) or on () vector(0)")],
+                steps=((None, "red"), (1, "green")),
+            ).mappings([_value_text({"0": "DOWN", "1": "UP"})])
+        )
+        board.panel(self.status_table(sel, hour))
+        board.panel(
             _timeseries(
                 "Backlog over time",
                 "Changes waiting in the queue, per object (stacked).",
                 "short",
-                _grid(0, 12, 12, 8),
-                [_prom(f"sum by (object) (crmsync_pending_records{{{sel}}})", "A", "{{object}}")],
+                _grid(0, 13, 12, 8),
+                [_prom(f"sum by (object) (crmsync_pending_records{{{sel}}})", legend="{{object}}")],
                 stack=True,
-                minimum=0,
-            ),
+            )
+        )
+        board.panel(
             _timeseries(
                 "Throughput",
                 "Changes synced per second, per object (stacked).",
                 "ops",
-                _grid(12, 12, 12, 8),
+                _grid(12, 13, 12, 8),
                 [
                     _prom(
                         f"sum by (object) (rate(crmsync_records_synced_total{{{sel}}}"
                         "[$__rate_interval]))",
-                        "A",
-                        "{{object}}",
+                        legend="{{object}}",
                     )
                 ],
                 stack=True,
-                minimum=0,
-            ),
+            )
+        )
+        board.panel(
             _timeseries(
-                "Arrival rate against sync rate",
-                "Changes entering the queue per second (estimated: synced + failed attempts + "
-                "growth of the backlog) against changes synced per second. When arrivals stay "
-                "above the sync rate the backlog grows.",
-                "ops",
-                _grid(0, 20, 12, 8),
-                [_prom(arrival, "A", "arriving"), _prom(synced, "B", "synced")],
-                minimum=0,
-            ),
+                "Oldest pending change over time",
+                "How long the oldest waiting change of each object had waited.",
+                "s",
+                _grid(0, 21, 12, 8),
+                [
+                    _prom(
+                        f"max by (object) (crmsync_oldest_pending_age_seconds{{{sel}}})",
+                        legend="{{object}}",
+                    )
+                ],
+            )
+        )
+        board.panel(
             _timeseries(
                 "Time to drain the backlog",
                 "How long the backlog of each object would take to reach zero at the rate it "
                 "has shrunk over the last 15 minutes; 0 when nothing waits, no value while it "
                 "does not shrink.",
                 "s",
-                _grid(12, 20, 12, 8),
+                _grid(12, 21, 12, 8),
                 [
                     _prom(
                         f"(sum by (object) (crmsync_pending_records{{{sel}}}) > 0)"
                         f" / (-sum by (object) (deriv(crmsync_pending_records{{{sel}}}[15m])) > 0)"
                         f" or sum by (object) (crmsync_pending_records{{{sel}}}) == 0",
-                        "A",
-                        "{{object}}",
+                        legend="{{object}}",
                     )
                 ],
-                minimum=0,
+            )
+        )
+        self.exporter_row(board, 29)
+        return board.json()
+
+    def status_table(self, sel: str, hour: str) -> table.Panel:
+        """The original table: one query, pivoted, so that neither view has an empty column.
+
+        Every cell is a series labelled with its column; ``groupingToMatrix`` turns them into
+        one column per label value present. Queries that return nothing (Grafana's Prometheus
+        datasource still gives them a field) cannot leave empty columns behind.
+        """
+
+        def cell(expr: str, column: str) -> str:
+            return f'label_replace({expr}, "column", "{column}", "", "")'
+
+        backlog: list[str] = []
+        hour_parts: list[str] = []
+        overrides: list[tuple[str, list[DynamicConfigValue]]] = []
+        last_hour = f"sum by (object) (crmsync_records_synced_last_hour{{{sel}}})"
+        for operation in self.operations:
+            op_sel = f'{sel}, operation="{operation}"'
+            plural = f"{operation}s".capitalize()
+            oldest = f"Oldest pending {operation}"
+            backlog.append(cell(f"sum by (object) (crmsync_pending_records{{{op_sel}}})", plural))
+            backlog.append(
+                cell(f"max by (object) (crmsync_oldest_pending_age_seconds{{{op_sel}}})", oldest)
+            )
+            # The store does not split the hour's count by operation: "not applicable".
+            hour_parts.append(cell(f"{last_hour} * NaN", plural))
+            overrides.append(
+                (
+                    plural,
+                    [
+                        DynamicConfigValue(id_val="decimals", value=0),
+                        DynamicConfigValue(id_val="mappings", value=[_NOT_APPLICABLE]),
+                    ],
+                )
+            )
+            overrides.append(
+                (
+                    oldest,
+                    [
+                        DynamicConfigValue(id_val="unit", value="s"),
+                        DynamicConfigValue(
+                            id_val="custom.cellOptions", value={"type": "color-text"}
+                        ),
+                        DynamicConfigValue(
+                            id_val="thresholds",
+                            value={
+                                "mode": "absolute",
+                                "steps": [{"color": c, "value": v} for v, c in AGE_STEPS],
+                            },
+                        ),
+                    ],
+                )
+            )
+        synced = "Synced in the last full hour"
+        hour_parts.append(cell(last_hour, synced))
+        overrides.append(
+            (
+                synced,
+                [
+                    DynamicConfigValue(id_val="displayName", value=f"Synced {hour}"),
+                    DynamicConfigValue(id_val="decimals", value=0),
+                ],
+            )
+        )
+        expr = (
+            "(\n  "
+            + "\n  or ".join(backlog)
+            + "\n) and on () (vector($view) == 0)\nor (\n  "
+            + "\n  or ".join(hour_parts)
+            + "\n) and on () (vector($view) == 1)"
+        )
+        order = ["Object"]
+        for operation in self.operations:
+            order.append(f"{operation}s".capitalize())
+        order += [f"Oldest pending {operation}" for operation in self.operations] + [synced]
+        panel = (
+            _table(
+                "Sync Status",
+                "One row per object. View Backlog: changes waiting to be synced, inserts and "
+                "updates apart, and the age of the oldest waiting insert and update. View Last "
+                f"hour: records synced in the previous full clock hour ({hour} in your time "
+                "zone); the insert and update columns read N/A there, as the store does not "
+                "split that count. Click an object to open its details.",
+                _grid(0, 4, 24, 9),
+                _PROMETHEUS,
+            )
+            .with_target(_prom(expr, instant=True, table_format=True))
+            .with_transformation(
+                DataTransformerConfig(
+                    id_val="groupingToMatrix",
+                    options={
+                        "columnField": "column",
+                        "rowField": "object",
+                        "valueField": "Value",
+                        "emptyValue": "null",
+                    },
+                )
+            )
+            .with_transformation(
+                DataTransformerConfig(
+                    id_val="organize",
+                    options={
+                        "excludeByName": {},
+                        "renameByName": {"object\\column": "Object"},
+                        "indexByName": {name: index for index, name in enumerate(order)},
+                    },
+                )
+            )
+            .sort_by([TableSortByFieldState().display_name("Object")])
+            .footer(TableFooterOptions().show(False).reducer([]))
+            .override_by_name(
+                "Object",
+                [
+                    _links(
+                        [
+                            _link(
+                                "Open ${__value.raw}",
+                                UIDS["object"],
+                                "${datasource:queryparam}&${job:queryparam}"
+                                "&${instance:queryparam}&${store:queryparam}"
+                                "&${direction:queryparam}&var-object=${__value.raw:percentencode}",
+                            )
+                        ]
+                    )
+                ],
+            )
+        )
+        for name, properties in overrides:
+            panel = panel.override_by_name(name, properties)
+        return panel
+
+    def exporter_row(self, board: _Dashboard, top: int) -> None:
+        """The exporter's own health: is it collecting, how fast, what it folds or skips."""
+        scope = _SCOPE
+        board.row(dashboard.Row("Exporter").grid_pos(_grid(0, top, 24, 1)))
+        y = top + 1
+        board.panel(
+            _stat(
+                "Last successful collection",
+                "How long ago the exporter last read the store completely.",
+                "s",
+                _grid(0, y, 6, 4),
+                [
+                    _prom(
+                        "time() - max (crmsync_last_successful_collection_timestamp_seconds"
+                        f"{{{scope}}})"
+                    )
+                ],
+                steps=((None, "green"), (120, "orange"), (600, "red")),
+            )
+        )
+        board.panel(
+            _stat(
+                "Open id gaps",
+                "Id ranges skipped by concurrent writers that the exporter still watches for "
+                "late commits; they close within settle_time.",
+                "short",
+                _grid(6, y, 6, 4),
+                [_prom(f"sum (crmsync_open_id_gaps{{{scope}}})")],
+                steps=((None, "green"), (100, "orange")),
+                decimals=0,
+            )
+        )
+        for x, title, description, family, label in (
+            (
+                12,
+                "Folded label values",
+                "Distinct store values the exporter reports as 'other': objects and error codes "
+                "over their caps, operations and directions outside the mapping.",
+                "crmsync_folded_label_values",
+                "label",
             ),
-        ]
-        return _dashboard(
-            UIDS["status"],
-            "CRM sync / Sync Status",
-            "The Sync Status tab: backlog and oldest pending change per object, throughput.",
-            variables,
-            panels,
+            (
+                18,
+                "Rows stamped in the future",
+                "Rows later than the database's clock (a writer's clock runs ahead): their ages "
+                "and latencies read 0.",
+                "crmsync_future_timestamp_rows",
+                "table",
+            ),
+        ):
+            board.panel(
+                _stat(
+                    title,
+                    description,
+                    "short",
+                    _grid(x, y, 6, 4),
+                    [_prom(f"sum by ({label}) ({family}{{{scope}}})", legend=f"{{{{{label}}}}}")],
+                    steps=((None, "green"), (1, "orange")),
+                    decimals=0,
+                ).text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+            )
+        board.panel(
+            _timeseries(
+                "Collection duration",
+                "How long each exporter's last successful collection took.",
+                "s",
+                _grid(0, y + 4, 12, 7),
+                [
+                    _prom(
+                        f"max by (instance) (crmsync_collection_duration_seconds{{{scope}}})",
+                        legend="{{instance}}",
+                    )
+                ],
+            )
+        )
+        board.panel(
+            _timeseries(
+                "Failed collections",
+                "Collection cycles that failed (the store could not be read), per exporter.",
+                "short",
+                _grid(12, y + 4, 12, 7),
+                [
+                    _prom(
+                        "sum by (instance) (increase(crmsync_collection_failures_total"
+                        f"{{{scope}}}[$__rate_interval]))",
+                        legend="{{instance}}",
+                    )
+                ],
+            )
         )
 
-    def arrival_expr(self, sel: str, by: str) -> str:
-        group = f"by ({by}) " if by else ""
-        synced = f"sum {group}(rate(crmsync_records_synced_total{{{sel}}}[$__rate_interval]))"
-        errors = f"sum {group}(rate(crmsync_sync_errors_total{{{sel}}}[$__rate_interval]))"
-        growth = f"sum {group}(deriv(crmsync_pending_records{{{sel}}}[$__rate_interval]))"
-        return f"clamp_min({synced} + ({errors} or 0 * {synced}) + {growth}, 0)"
+    # Object detail
 
     def object(self) -> Json:
-        variables = [
-            self.datasource(),
-            self.store_datasource(),
-            self.store_variable(),
-            self.label_variable("object", "Object", "crmsync_pending_records", multi=False),
-            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True),
-        ]
+        board = _Dashboard(
+            UIDS["object"],
+            "CRM sync / Object detail",
+            "One object: backlog by operation, the oldest waiting records, latency, throughput.",
+        )
+        self.scope(board, sql=True)
+        board.variable(
+            self.label_variable("object", "Object", "crmsync_pending_records", multi=False)
+        )
+        board.variable(
+            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True)
+        )
+        board.variable(self.reported(REPORTED_OBJECTS, "object"))
         sel = self.sel('object="$object"', 'direction=~"$direction"')
-        panels: list[Json] = []
         width = 24 // (2 * len(self.operations)) if len(self.operations) <= 6 else 4
         x = 0
         for operation in self.operations:
             op_sel = f'{sel}, operation="{operation}"'
-            panels.append(
+            board.panel(
                 _stat(
                     f"Pending {operation}s",
                     f"{operation.capitalize()} changes of this object waiting to be synced.",
                     "short",
                     _grid(x % 24, (x // 24) * 4, width, 4),
-                    [_prom(f"sum (crmsync_pending_records{{{op_sel}}})", "A")],
+                    [_prom(f"sum (crmsync_pending_records{{{op_sel}}})")],
                     decimals=0,
                 )
             )
             x += width
-            panels.append(
+            board.panel(
                 _stat(
                     f"Oldest pending {operation}",
                     f"Age of the oldest waiting {operation} of this object.",
                     "s",
                     _grid(x % 24, (x // 24) * 4, width, 4),
-                    [_prom(f"max (crmsync_oldest_pending_age_seconds{{{op_sel}}})", "A")],
-                    thresholds=((None, "green"), (900, "orange"), (3600, "red")),
+                    [_prom(f"max (crmsync_oldest_pending_age_seconds{{{op_sel}}})")],
+                    steps=AGE_STEPS,
                 )
             )
             x += width
         top = ((x + 23) // 24) * 4
         per = self.options.oldest_per_operation
-        panels += [
+        board.panel(
             _timeseries(
                 "Backlog by operation",
                 "Waiting changes of this object, inserts and updates stacked.",
@@ -1026,29 +911,27 @@ class _Builder:
                 [
                     _prom(
                         f"sum by (operation) (crmsync_pending_records{{{sel}}})",
-                        "A",
-                        "{{operation}}",
+                        legend="{{operation}}",
                     )
                 ],
                 stack=True,
-                minimum=0,
-            ),
-            _panel(
-                "table",
+            )
+        )
+        board.panel(
+            _table(
                 "Oldest pending records",
                 f"The {per} oldest waiting changes of each operation, read from the store: "
                 "record id, when it entered the queue and how long it has waited.",
-                "short",
                 _grid(12, top, 12, 8),
-                [_sql_target(self.sql.oldest_pending(per), plugin=self.plugin)],
-                datasource={"type": self.plugin, "uid": "${store_datasource}"},
-                custom={"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False},
-                overrides=[
-                    _override("age", {"unit": "s"}),
-                    _override("enqueued_at", {"unit": "dateTimeAsIso"}),
-                ],
-                options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
-            ),
+                self.store_ds,
+            )
+            .with_target(SqlQueryBuilder(self.sql.oldest_pending(per), self.plugin))
+            .override_by_name("age", [DynamicConfigValue(id_val="unit", value="s")])
+            .override_by_name(
+                "enqueued_at", [DynamicConfigValue(id_val="unit", value="dateTimeAsIso")]
+            )
+        )
+        board.panel(
             _timeseries(
                 "Sync latency percentiles",
                 "Time from enqueue to sync of the changes synced in each interval: median, 90th "
@@ -1064,8 +947,9 @@ class _Builder:
                     )
                     for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))
                 ],
-                minimum=0,
-            ),
+            )
+        )
+        board.panel(
             _timeseries(
                 "Throughput by operation",
                 "Changes of this object synced per second, by operation.",
@@ -1075,82 +959,93 @@ class _Builder:
                     _prom(
                         f"sum by (operation) (rate(crmsync_records_synced_total{{{sel}}}"
                         "[$__rate_interval]))",
-                        "A",
-                        "{{operation}}",
+                        legend="{{operation}}",
                     )
                 ],
                 stack=True,
-                minimum=0,
-            ),
-            _timeseries(
-                "Arrival rate against sync rate",
-                "Changes of this object entering the queue per second (estimated) against "
-                "changes synced per second.",
-                "ops",
-                _grid(0, top + 16, 12, 8),
-                [
-                    _prom(self.arrival_expr(sel, ""), "A", "arriving"),
-                    _prom(
-                        f"sum (rate(crmsync_records_synced_total{{{sel}}}[$__rate_interval]))",
-                        "B",
-                        "synced",
-                    ),
-                ],
-                minimum=0,
-            ),
+            )
+        )
+        board.panel(
             _timeseries(
                 "Failed attempts by error code",
                 "Failed sync attempts of this object per second, by error code. Click a series "
-                "to browse those failures.",
+                "to browse those failures ('other' and 'unknown' too).",
                 "ops",
-                _grid(12, top + 16, 12, 8),
+                _grid(0, top + 16, 24, 8),
                 [
                     _prom(
                         f"sum by (error_code) (rate(crmsync_sync_errors_total{{{sel}}}"
                         "[$__rate_interval]))",
-                        "A",
-                        "{{error_code}}",
+                        legend="{{error_code}}",
                     )
                 ],
                 stack=True,
-                minimum=0,
-                links=[
-                    _link(
-                        "Browse these failures",
-                        UIDS["errors"],
-                        "${datasource:queryparam}&${store_datasource:queryparam}"
-                        "&${store:queryparam}&${object:queryparam}&${direction:queryparam}"
-                        "&var-error_code=${__field.labels.error_code}",
+            ).data_links(
+                [
+                    dashboard.DashboardLink("Browse these failures").url(
+                        _link(
+                            "",
+                            UIDS["errors"],
+                            "${datasource:queryparam}&${store_datasource:queryparam}"
+                            "&${job:queryparam}&${instance:queryparam}&${store:queryparam}"
+                            "&${object:queryparam}&${direction:queryparam}"
+                            "&var-error_code=${__field.labels.error_code:percentencode}",
+                        )["url"]
                     )
-                ],
-            ),
-        ]
-        return _dashboard(
-            UIDS["object"],
-            "CRM sync / Object detail",
-            "One object: backlog by operation, the oldest waiting records, latency, throughput.",
-            variables,
-            panels,
+                ]
+            )
         )
+        return board.json()
+
+    # Sync Errors
 
     def errors(self) -> Json:
-        variables = [
-            self.datasource(),
-            self.store_datasource(),
-            self.store_variable(),
-            self.label_variable("object", "Object", "crmsync_pending_records", multi=True),
-            self.label_variable("operation", "Operation", "crmsync_pending_records", multi=True),
-            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True),
-            self.label_variable(
-                "error_code", "Error code", "crmsync_sync_errors_total", multi=True
-            ),
+        board = _Dashboard(
+            UIDS["errors"],
+            "CRM sync / Sync Errors",
+            "The Sync Errors tab: error rates, the codes behind them, and the failed records to "
+            "browse, search, page through and export.",
+        )
+        self.scope(board, sql=True)
+        for name, label, metric in (
+            ("object", "Object", "crmsync_pending_records"),
+            ("operation", "Operation", "crmsync_pending_records"),
+            ("direction", "Direction", "crmsync_pending_records"),
+            ("error_code", "Error code", "crmsync_sync_errors_total"),
+        ):
+            board.variable(self.label_variable(name, label, metric, multi=True))
+        board.variable(
             _textbox_variable(
                 "search",
                 "Search",
                 "Free text looked for in the record id, the record name, the error code and the "
                 "error message (case-insensitive).",
-            ),
-        ]
+            )
+        )
+        size = self.options.page_size
+        board.variable(
+            _textbox_variable(
+                "page",
+                "Page",
+                f"Which {size} failed records the table shows: 1 is the newest.",
+                "1",
+            )
+        )
+        board.variable(
+            _custom_variable(
+                "group",
+                "Failures by",
+                [
+                    ("error code", "error_code"),
+                    ("object", "object"),
+                    ("operation", "operation"),
+                    ("direction", "direction"),
+                ],
+                "How the failed attempts over time are broken down.",
+            )
+        )
+        board.variable(self.reported(REPORTED_OBJECTS, "object"))
+        board.variable(self.reported(REPORTED_ERROR_CODES, "error_code"))
         sel = self.sel(
             'object=~"$object"',
             'operation=~"$operation"',
@@ -1160,48 +1055,18 @@ class _Builder:
         synced_sel = self.sel(
             'object=~"$object"', 'operation=~"$operation"', 'direction=~"$direction"'
         )
-        rate = f"rate(crmsync_sync_errors_total{{{sel}}}[$__rate_interval])"
-        sql_ds = {"type": self.plugin, "uid": "${store_datasource}"}
-        object_link = _link(
-            "Open ${__field.labels.object}",
-            UIDS["object"],
-            "${datasource:queryparam}&${store_datasource:queryparam}&${store:queryparam}"
-            "&var-object=${__field.labels.object}",
-        )
-        by_panels = [
-            _timeseries(
-                f"Failed attempts by {label}",
-                f"Failed sync attempts per second, by {label}."
-                + (" Click a series to open that object." if name == "object" else ""),
-                "ops",
-                _grid(x, y, 12, 7),
-                [_prom(f"sum by ({name}) ({rate})", "A", f"{{{{{name}}}}}")],
-                stack=True,
-                minimum=0,
-                links=[object_link] if name == "object" else (),
-            )
-            for name, label, x, y in (
-                ("error_code", "error code", 0, 4),
-                ("object", "object", 12, 4),
-                ("operation", "operation", 0, 11),
-                ("direction", "direction", 12, 11),
-            )
-        ]
-        panels = [
+        errors_in_range = f"sum (increase(crmsync_sync_errors_total{{{sel}}}[$__range]))"
+        board.panel(
             _stat(
                 "Failed attempts",
                 "Failed sync attempts in the selected time range, all selected filters.",
                 "short",
                 _grid(0, 0, 6, 4),
-                [
-                    _prom(
-                        f"sum (increase(crmsync_sync_errors_total{{{sel}}}[$__range]))",
-                        "A",
-                        instant=True,
-                    )
-                ],
+                [_prom(errors_in_range, instant=True)],
                 decimals=0,
-            ),
+            )
+        )
+        board.panel(
             _stat(
                 "Error ratio",
                 "Failed attempts as a share of all attempts (failed + synced) in the selected "
@@ -1210,25 +1075,27 @@ class _Builder:
                 _grid(6, 0, 6, 4),
                 [
                     _prom(
-                        f"sum (increase(crmsync_sync_errors_total{{{sel}}}[$__range])) / ("
-                        f"sum (increase(crmsync_sync_errors_total{{{sel}}}[$__range])) + "
+                        f"{errors_in_range} / ({errors_in_range} + "
                         f"sum (increase(crmsync_records_synced_total{{{synced_sel}}}[$__range])))",
-                        "A",
                         instant=True,
                     )
                 ],
-                thresholds=((None, "green"), (0.05, "orange"), (0.25, "red")),
-            ),
+                steps=((None, "green"), (0.05, "orange"), (0.25, "red")),
+            )
+        )
+        board.panel(
             _stat(
                 "Matching failed records",
                 "Failed attempts in the store matching the time range, the filters and the "
-                f"search. The table below shows the newest {self.options.page_size} of them.",
+                f"search, and the pages of {size} the table below shows them on.",
                 "short",
                 _grid(12, 0, 6, 4),
-                [_sql_target(self.sql.failed_count(), plugin=self.plugin)],
-                datasource=sql_ds,
+                [SqlQueryBuilder(self.sql.failed_count(size), self.plugin)],
                 decimals=0,
-            ),
+                datasource=self.store_ds,
+            ).text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+        )
+        board.panel(
             _stat(
                 "Error codes",
                 "Distinct error codes seen in the selected time range.",
@@ -1238,65 +1105,135 @@ class _Builder:
                     _prom(
                         f"count (sum by (error_code) (increase(crmsync_sync_errors_total{{{sel}}}"
                         "[$__range])) > 0)",
-                        "A",
                         instant=True,
                     )
                 ],
                 decimals=0,
-            ),
-            *by_panels,
-            _panel(
-                "table",
-                "Failed records",
+            )
+        )
+        board.panel(
+            _timeseries(
+                "Failed attempts by ${group:text}",
+                "Failed sync attempts per second, broken down as chosen in 'Failures by'.",
+                "ops",
+                _grid(0, 4, 12, 9),
+                [
+                    _prom(
+                        f"sum by (${{group}}) (rate(crmsync_sync_errors_total{{{sel}}}"
+                        "[$__rate_interval]))",
+                        legend="{{${group}}}",
+                    )
+                ],
+                stack=True,
+            )
+        )
+        browse_code = _link(
+            "Browse the failures with code ${__value.raw}",
+            UIDS["errors"],
+            "${datasource:queryparam}&${store_datasource:queryparam}&${job:queryparam}"
+            "&${instance:queryparam}&${store:queryparam}&${object:queryparam}"
+            "&${operation:queryparam}&${direction:queryparam}&${search:queryparam}"
+            "&${group:queryparam}&var-error_code=${__value.raw:percentencode}&var-page=1",
+        )
+        board.panel(
+            _table(
+                "Top error codes",
+                f"The {20} most frequent error codes among the matching failures (any code), "
+                "with their share, when each last occurred and its newest message. Click a "
+                "code to browse its failures.",
+                _grid(12, 4, 12, 9),
+                self.store_ds,
+            )
+            .with_target(SqlQueryBuilder(self.sql.top_error_codes(), self.plugin))
+            .override_by_name("error code", [_links([browse_code])])
+            .override_by_name(
+                "share",
+                [
+                    DynamicConfigValue(id_val="unit", value="percentunit"),
+                    DynamicConfigValue(
+                        id_val="custom.cellOptions", value={"type": "gauge", "mode": "basic"}
+                    ),
+                    DynamicConfigValue(id_val="min", value=0),
+                    DynamicConfigValue(id_val="max", value=1),
+                ],
+            )
+            .override_by_name("failures", [DynamicConfigValue(id_val="decimals", value=0)])
+            .override_by_name(
+                "last seen", [DynamicConfigValue(id_val="unit", value="dateTimeAsLocal")]
+            )
+        )
+        record_overrides = [DynamicConfigValue(id_val="unit", value="dateTimeAsLocal")]
+        failed = (
+            _table(
+                "Failed records, page ${page}",
                 "The failed sync attempts themselves, newest first, read from the store: time, "
                 "object, record id and name, operation, direction, error code and message. "
-                "Narrow them with the time range, the filters and Search; export them with "
-                f"the panel menu (Inspect > Data > Download CSV). At most "
-                f"{self.options.page_size} rows: narrow the time range to page back.",
-                "short",
-                _grid(0, 18, 24, 14),
-                [_sql_target(self.sql.failed_records(self.options.page_size), plugin=self.plugin)],
-                datasource=sql_ds,
-                custom={"align": "auto", "cellOptions": {"type": "auto"}, "inspect": True},
-                overrides=[
-                    _override("time", {"unit": "dateTimeAsIso"}),
-                    _override("error_message", {"custom.width": 480}),
-                ],
-                options={
-                    "showHeader": True,
-                    "cellHeight": "sm",
-                    "footer": {
-                        "show": True,
-                        "enablePagination": True,
-                        "reducer": ["count"],
-                        "fields": ["record_id"],
-                    },
-                },
-            ),
-        ]
-        return _dashboard(
-            UIDS["errors"],
-            "CRM sync / Sync Errors",
-            "The Sync Errors tab: error rates, and the failed records to browse, search and "
-            "export.",
-            variables,
-            panels,
+                "Narrow them with the time range, the filters and Search; page back with Page "
+                "(the total is above); export them with the panel menu (Inspect > Data > "
+                f"Download CSV). {size} rows a page.",
+                _grid(0, 13, 24, 14),
+                self.store_ds,
+            )
+            .with_target(SqlQueryBuilder(self.sql.failed_records(size), self.plugin))
+            .inspect(True)
+            .override_by_name("time", record_overrides)
+            .override_by_name(
+                "error_message", [DynamicConfigValue(id_val="custom.width", value=480)]
+            )
+            .footer(
+                TableFooterOptions()
+                .show(True)
+                .enable_pagination(True)
+                .reducer(["count"])
+                .fields(["record_id"])
+            )
         )
+        template = self.store.crm_record_url
+        if template is not None:
+            url = template.replace("{object}", "${__data.fields.object:percentencode}").replace(
+                "{record_id}", "${__value.raw:percentencode}"
+            )
+            failed = failed.override_by_name(
+                "record_id",
+                [
+                    _links(
+                        [
+                            {
+                                "title": "Open ${__value.raw} in the CRM",
+                                "url": url,
+                                "targetBlank": True,
+                            }
+                        ]
+                    )
+                ],
+            )
+        board.panel(failed)
+        return board.json()
+
+    # Capacity planning
 
     def capacity(self) -> Json:
-        horizon = _custom_variable(
-            "horizon",
-            "Forecast horizon",
-            [("4h", "14400"), ("1h", "3600"), ("12h", "43200"), ("1d", "86400")],
-            "How far ahead the backlog forecast looks.",
+        board = _Dashboard(
+            UIDS["capacity"],
+            "CRM sync / Capacity planning",
+            "Arrival against sync rates, peak throughput, headroom, backlog forecast and the "
+            "latency objective.",
         )
-        variables = [
-            self.datasource(),
-            self.store_variable(),
-            self.label_variable("object", "Object", "crmsync_pending_records", multi=True),
-            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True),
-            horizon,
-        ]
+        self.scope(board)
+        board.variable(
+            self.label_variable("object", "Object", "crmsync_pending_records", multi=True)
+        )
+        board.variable(
+            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True)
+        )
+        board.variable(
+            _custom_variable(
+                "horizon",
+                "Forecast horizon",
+                [("4h", "14400"), ("1h", "3600"), ("12h", "43200"), ("1d", "86400")],
+                "How far ahead the backlog forecast looks.",
+            )
+        )
         sel = self.sel('object=~"$object"', 'direction=~"$direction"')
         objective = self.options.latency_objective
         target = self.options.latency_target
@@ -1309,85 +1246,85 @@ class _Builder:
             f" / sum by (object) (rate(crmsync_sync_latency_seconds_count{{{sel}}}"
             "[$__rate_interval]))"
         )
-        panels = [
+        board.panel(
             _timeseries(
-                "Arrival rate per object",
-                "Changes entering the queue per second (estimated: synced + failed attempts + "
-                "growth of the backlog). Click a series to open that object.",
+                "Arrival rate against sync rate",
+                "Per object, changes entering the queue per second (estimated: synced + failed "
+                "attempts + growth of the backlog) against changes synced per second. While "
+                "arrivals stay above the sync rate the backlog grows. Click a series to open "
+                "that object.",
                 "ops",
-                _grid(0, 0, 12, 8),
-                [_prom(self.arrival_expr(sel, "object"), "A", "{{object}}")],
-                stack=True,
-                minimum=0,
-                links=[
-                    _link(
-                        "Open ${__field.labels.object}",
-                        UIDS["object"],
-                        "${datasource:queryparam}&${store:queryparam}"
-                        "&var-object=${__field.labels.object}",
-                    )
-                ],
-            ),
-            _timeseries(
-                "Sync rate per object",
-                "Changes synced per second.",
-                "ops",
-                _grid(12, 0, 12, 8),
-                [_prom(sync_rate, "A", "{{object}}")],
-                stack=True,
-                minimum=0,
-            ),
-            _panel(
-                "bargauge",
-                "Peak hourly throughput",
-                "The most records synced in one full clock hour within the selected time "
-                "range, per object: what the sync has shown it can do.",
-                "short",
-                _grid(0, 8, 8, 8),
+                _grid(0, 0, 24, 8),
                 [
-                    _prom(
-                        "max_over_time((sum by (object) ("
-                        f"crmsync_records_synced_last_hour{{{sel}}}))[$__range:])",
-                        "A",
-                        "{{object}}",
-                        instant=True,
-                    )
+                    _prom(self.arrival_expr(sel, "object"), "A", "{{object}} arriving"),
+                    _prom(sync_rate, "B", "{{object}} synced"),
                 ],
-                decimals=0,
-                options={
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "orientation": "horizontal",
-                    "displayMode": "gradient",
-                    "showUnfilled": True,
-                },
-            ),
-            _panel(
-                "bargauge",
-                "Headroom",
+            ).data_links(
+                [
+                    dashboard.DashboardLink("Open ${__field.labels.object}").url(
+                        _link(
+                            "",
+                            UIDS["object"],
+                            "${datasource:queryparam}&${job:queryparam}&${instance:queryparam}"
+                            "&${store:queryparam}&var-object=${__field.labels.object:percentencode}",
+                        )["url"]
+                    )
+                ]
+            )
+        )
+        board.panel(
+            bargauge.Panel()
+            .title("Peak hourly throughput")
+            .description(
+                "The most records synced in one full clock hour within the selected time "
+                "range, per object: what the sync has shown it can do."
+            )
+            .unit("short")
+            .decimals(0)
+            .grid_pos(_grid(0, 8, 8, 8))
+            .datasource(_PROMETHEUS)
+            .with_target(
+                _prom(
+                    "max_over_time((sum by (object) ("
+                    f"crmsync_records_synced_last_hour{{{sel}}}))[$__range:])",
+                    legend="{{object}}",
+                    instant=True,
+                )
+            )
+            .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+            .orientation(common.VizOrientation.HORIZONTAL)
+            .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+            .show_unfilled(True)
+            .thresholds(_thresholds(((None, "green"),)))
+        )
+        board.panel(
+            bargauge.Panel()
+            .title("Headroom")
+            .description(
                 "1 - arrival rate / peak sync rate, per object: the share of the highest sync "
                 "rate seen in the time range (a lower bound of the capacity) that current "
-                "arrivals leave unused. Near or below 0 the backlog can only grow.",
-                "percentunit",
-                _grid(8, 8, 8, 8),
-                [
-                    _prom(
-                        f"1 - {self.arrival_expr(sel, 'object')} / max_over_time(({sync_rate})"
-                        "[$__range:])",
-                        "A",
-                        "{{object}}",
-                        instant=True,
-                    )
-                ],
-                thresholds=((None, "red"), (0.2, "orange"), (0.5, "green")),
-                minimum=-1,
-                maximum=1,
-                options={
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "orientation": "horizontal",
-                    "displayMode": "gradient",
-                    "showUnfilled": True,
-                },
-            ),
+                "arrivals leave unused. Near or below 0 the backlog can only grow."
+            )
+            .unit("percentunit")
+            .min(-1)
+            .max(1)
+            .grid_pos(_grid(8, 8, 8, 8))
+            .datasource(_PROMETHEUS)
+            .with_target(
+                _prom(
+                    f"1 - {self.arrival_expr(sel, 'object')} / max_over_time(({sync_rate})"
+                    "[$__range:])",
+                    legend="{{object}}",
+                    instant=True,
+                )
+            )
+            .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+            .orientation(common.VizOrientation.HORIZONTAL)
+            .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+            .show_unfilled(True)
+            .thresholds(_thresholds(((None, "red"), (0.2, "orange"), (0.5, "green"))))
+        )
+        board.panel(
             _timeseries(
                 "Backlog forecast",
                 "Waiting changes per object now and, at the trend of the last hour, after the "
@@ -1402,25 +1339,25 @@ class _Builder:
                         "{{object}} in ${horizon:text}",
                     ),
                     _prom(
-                        f"sum by (object) (crmsync_pending_records{{{sel}}})",
-                        "B",
-                        "{{object}} now",
+                        f"sum by (object) (crmsync_pending_records{{{sel}}})", "B", "{{object}} now"
                     ),
                 ],
-                minimum=0,
-            ),
+            )
+        )
+        board.panel(
             _timeseries(
                 "Synced within the latency objective",
                 f"Share of synced changes that took at most {objective}s from enqueue to sync, "
                 f"against the objective of {target:.0%} (dashed line).",
                 "percentunit",
                 _grid(0, 16, 12, 8),
-                [_prom(within, "A", "{{object}}")],
-                thresholds=((None, "red"), (target, "green")),
-                threshold_line=True,
-                minimum=0,
+                [_prom(within, legend="{{object}}")],
                 maximum=1,
-            ),
+            )
+            .thresholds(_thresholds(((None, "red"), (target, "green"))))
+            .thresholds_style(_dashed())
+        )
+        board.panel(
             _timeseries(
                 "99th percentile latency against the objective",
                 f"99th percentile of the enqueue-to-sync time per object; the dashed line is "
@@ -1431,23 +1368,25 @@ class _Builder:
                     _prom(
                         "histogram_quantile(0.99, sum by (object, le) (rate("
                         f"crmsync_sync_latency_seconds_bucket{{{sel}}}[$__rate_interval])))",
-                        "A",
-                        "{{object}}",
+                        legend="{{object}}",
                     )
                 ],
-                thresholds=((None, "green"), (float(objective), "red")),
-                threshold_line=True,
-                minimum=0,
-            ),
-        ]
-        return _dashboard(
-            UIDS["capacity"],
-            "CRM sync / Capacity planning",
-            "Arrival against sync rates, peak throughput, headroom, backlog forecast and the "
-            "latency objective.",
-            variables,
-            panels,
+            )
+            .thresholds(_thresholds(((None, "green"), (float(objective), "red"))))
+            .thresholds_style(_dashed())
         )
+        return board.json()
+
+    def arrival_expr(self, sel: str, by: str) -> str:
+        group = f"by ({by}) " if by else ""
+        synced = f"sum {group}(rate(crmsync_records_synced_total{{{sel}}}[$__rate_interval]))"
+        errors = f"sum {group}(rate(crmsync_sync_errors_total{{{sel}}}[$__rate_interval]))"
+        growth = f"sum {group}(deriv(crmsync_pending_records{{{sel}}}[$__rate_interval]))"
+        return f"clamp_min({synced} + ({errors} or 0 * {synced}) + {growth}, 0)"
+
+
+def _dashed() -> GraphThresholdsStyleConfig:
+    return GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
 
 
 def build_dashboards(store: StoreConfig, options: Options = Options()) -> dict[str, Json]:
@@ -1456,6 +1395,8 @@ def build_dashboards(store: StoreConfig, options: Options = Options()) -> dict[s
         raise ValueError(
             f"the latency objective must be a histogram bucket bound, one of {LATENCY_BUCKETS}"
         )
+    if options.page_size < 1:
+        raise ValueError("the page size must be at least 1")
     builder = _Builder(store, options)
     return {
         f"{UIDS['status']}.json": builder.status(),
@@ -1527,7 +1468,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="page_size",
         type=int,
         default=Options.page_size,
-        help="rows the failed-records table shows at most (default: %(default)s)",
+        help="rows a page of the failed-records table shows (default: %(default)s)",
     )
     parser.add_argument(
         "--prometheus-uid",
@@ -1572,8 +1513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crmsync-dashboards: {error}", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    for file_name, dashboard in dashboards.items():
-        (args.out / file_name).write_text(render(dashboard), encoding="utf-8")
+    for file_name, built in dashboards.items():
+        (args.out / file_name).write_text(render(built), encoding="utf-8")
         print(f"{args.out / file_name}")
     return 0
 

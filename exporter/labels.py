@@ -7,7 +7,13 @@ from collections.abc import Iterable, Mapping
 from exporter.config import StoreConfig
 
 OTHER = "other"
+"""What a value over a cap, or outside a mapping, is reported as."""
 UNKNOWN = "unknown"
+"""What a missing or blank value is reported as."""
+WHITESPACE = " \t\n\r\x0b\x0c"
+"""Stripped from both ends of a value (the dashboards' SQL strips exactly these too)."""
+MAX_LENGTH = 64
+"""Label values are for grouping, not for carrying data: longer values are cut."""
 # Remember at most this many distinct folded values, only to count them for a self-metric.
 _FOLDED_MEMORY = 100_000
 
@@ -29,7 +35,7 @@ class CappedLabel:
         self._folded: set[str] = set()
 
     def __call__(self, raw: object) -> str:
-        value = _text(raw, self._lower)
+        value = label_text(raw, self._lower)
         if value in self._kept:
             return value
         if len(self._kept) < self._cap:
@@ -54,7 +60,7 @@ class MappedLabel:
         self._unmapped: set[str] = set()
 
     def __call__(self, raw: object) -> str:
-        value = _text(raw, lower=True)
+        value = label_text(raw, lower=True)
         label = self._lookup.get(value)
         if label is not None:
             return label
@@ -103,13 +109,16 @@ class StoreLabels:
         }
 
 
-def _text(raw: object, lower: bool) -> str:
+def label_text(raw: object, lower: bool) -> str:
+    """A store value as label text: stripped, ``unknown`` when blank, cut, maybe lower-cased.
+
+    The dashboards' SQL (exporter.dashboard_sql) applies the same steps in the same order.
+    """
     if raw is None:
         return UNKNOWN
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    text = text.strip()
+    text = text.strip(WHITESPACE)
     if not text:
         return UNKNOWN
-    # Label values are for grouping, not for carrying data: bound their length.
-    text = text[:64]
+    text = text[:MAX_LENGTH]
     return text.lower() if lower else text

@@ -127,6 +127,11 @@ class SyncStoreCollector(Collector):
             "Changes synced in the previous full clock hour.",
             labels=["store", "object", "direction"],
         )
+        last_hour_start = GaugeMetricFamily(
+            "crmsync_records_synced_last_hour_start_timestamp_seconds",
+            "Start (Unix seconds) of the hour crmsync_records_synced_last_hour counts.",
+            labels=["store"],
+        )
         synced = CounterMetricFamily(
             "crmsync_records_synced",
             "Changes synced; equals the store's count of history rows.",
@@ -159,6 +164,8 @@ class SyncStoreCollector(Collector):
                         oldest.add_metric(labels, backlog.oldest)
                 for (obj, direction), count in gauges.synced_last_hour.items():
                     last_hour.add_metric([store, obj, direction], count)
+                if gauges.last_hour_start is not None:
+                    last_hour_start.add_metric([store], gauges.last_hour_start)
                 for table_role, count in gauges.future_rows.items():
                     future.add_metric([store, table_role], count)
             totals = state.totals
@@ -172,7 +179,7 @@ class SyncStoreCollector(Collector):
                     buckets=list(zip(_BUCKET_BOUNDS, histogram.cumulative, strict=True)),
                     sum_value=histogram.sum,
                 )
-        yield from (pending, oldest, last_hour, synced, errors, latency, future)
+        yield from (pending, oldest, last_hour, last_hour_start, synced, errors, latency, future)
 
     def _self_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
         up = GaugeMetricFamily(

@@ -8,6 +8,8 @@ ALTER ROLE crmsync_exporter SET default_transaction_read_only = on;
 ALTER ROLE crmsync_grafana SET default_transaction_read_only = on;
 -- A runaway dashboard query must not hold the store's connections.
 ALTER ROLE crmsync_grafana SET statement_timeout = '30s';
+-- The store keeps UTC: so does every Grafana session (its tables show times as stored).
+ALTER ROLE crmsync_grafana SET timezone = 'UTC';
 
 GRANT CONNECT ON DATABASE sync TO crmsync_exporter, crmsync_grafana;
 GRANT USAGE ON SCHEMA public TO crmsync_exporter, crmsync_grafana;

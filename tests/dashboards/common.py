@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config import StoreConfig, parse_config
-from exporter.dashboards import Json, Options, SqlDialect, build_dashboards
+from exporter.dashboard_sql import SqlDialect
+from exporter.dashboards import Json, Options, build_dashboards
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
@@ -30,8 +31,10 @@ def dashboards(
 
 
 def panels(dashboard: Json) -> Iterator[Json]:
+    """Every panel that shows something (rows only group them)."""
     for panel in dashboard["panels"]:
-        yield panel
+        if panel["type"] != "row":
+            yield panel
         yield from panel.get("panels", [])
 
 

@@ -51,10 +51,15 @@ class TimeRange:
 
 @dataclass
 class Context:
-    """Everything a query is interpolated with."""
+    """Everything a query is interpolated with.
+
+    ``url_state``: from @grafana/scenes 5.20 on, `queryparam` writes the variable's URL state
+    (@grafana/data's urlUtil.toUrlParams): "All" as `$__all`, and @ : $ , ; left unencoded.
+    """
 
     variables: Mapping[str, Selection]
     builtins: Mapping[str, str] = field(default_factory=dict)
+    url_state: bool = False
 
 
 def encode_uri_component_strict(value: str) -> str:
@@ -87,7 +92,19 @@ def sqlstring(values: tuple[str, ...] | str) -> str:
     return ",".join(one(value) for value in values)
 
 
-def _format(name: str, selection: Selection, fmt: str | None, datasource: Datasource) -> str:
+def _url_state(name: str, selection: Selection) -> str:
+    """scenes >= 5.20: the URL parameters of the variable, as the address bar has them."""
+    values = ("$__all",) if selection.is_all else selection.values
+    if not values and selection.multi:
+        values = ("",)
+    return "&".join(f"var-{name}={quote(value, safe='-_.~@:$,;')}" for value in values)
+
+
+def _format(
+    name: str, selection: Selection, fmt: str | None, datasource: Datasource, url_state: bool
+) -> str:
+    if fmt == "queryparam" and url_state:
+        return _url_state(name, selection)
     if selection.is_all and selection.all_value is not None:
         # scenes' CustomAllValue: not escaped, except for these three formats.
         if fmt == "text":
@@ -138,7 +155,7 @@ def interpolate(text: str, context: Context, datasource: Datasource) -> str:
         selection = context.variables.get(name)
         if selection is None:
             return match.group(0)
-        return _format(name, selection, fmt, datasource)
+        return _format(name, selection, fmt, datasource, context.url_state)
 
     return _VARIABLE.sub(replace, text)
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from exporter.config import load_config
 from exporter.dashboards import build_dashboards, main, render
-from tests.dashboards.common import DASHBOARDS, REFERENCE_CONFIG
+from tests.dashboards.common import DASHBOARDS, REFERENCE_CONFIG, ROOT
 
 MAPPED = """
 stores:
@@ -60,7 +65,7 @@ def test_one_command_generates_dashboards_that_fit_a_mapped_store(
         assert "detail AS error_message" in text
         assert "sync_error" not in text
         # MySQL from the store's URL: the MySQL datasource and its dialect.
-        assert "WITH RECURSIVE" in text
+        assert "CAST(CONCAT('&'" in text
     assert errors["templating"]["list"][1]["query"] == "mysql"
     detail = json.loads((out / "crmsync-object.json").read_text(encoding="utf-8"))
     (oldest,) = [p for p in detail["panels"] if p["title"] == "Oldest pending records"]
@@ -94,3 +99,59 @@ def test_mistakes_are_reported_in_one_line(
     assert "histogram bucket" in capsys.readouterr().err
     assert main(["--config.file", str(tmp_path / "missing.yml"), "--out", out]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_each_failed_record_links_to_the_crm_record_of_the_configured_url(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "exporter.yml"
+    config.write_text(
+        "stores:\n  - name: crm\n    url: postgresql+psycopg://u@h/db\n"
+        "    crm_record_url: https://org.crm.dynamics.com/main.aspx?etn={object}"
+        "&id={record_id}&pagetype=entityrecord\n",
+        encoding="utf-8",
+    )
+    assert main(["--config.file", str(config), "--out", str(tmp_path / "out")]) == 0
+    errors = json.loads((tmp_path / "out" / "crmsync-errors.json").read_text(encoding="utf-8"))
+    (failed,) = [p for p in errors["panels"] if p["title"].startswith("Failed records")]
+    links = [
+        prop["value"]
+        for override in failed["fieldConfig"]["overrides"]
+        if override["matcher"]["options"] == "record_id"
+        for prop in override["properties"]
+        if prop["id"] == "links"
+    ]
+    assert links == [
+        [
+            {
+                "title": "Open ${__value.raw} in the CRM",
+                "url": "https://org.crm.dynamics.com/main.aspx?etn=${__data.fields.object:percentencode}"
+                "&id=${__value.raw:percentencode}&pagetype=entityrecord",
+                "targetBlank": True,
+            }
+        ]
+    ]
+    # Without a URL in the configuration there is no such link.
+    assert not any(
+        override["matcher"]["options"] == "record_id"
+        for panel in json.loads((DASHBOARDS / "crmsync-errors.json").read_text(encoding="utf-8"))[
+            "panels"
+        ]
+        for override in panel.get("fieldConfig", {}).get("overrides", [])
+    )
+
+
+def test_the_sdk_is_the_release_for_the_grafana_of_the_stack() -> None:
+    """The pin allows grafana-foundation-sdk's release for the compose Grafana, and no other."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    grafana = Version(compose["services"]["grafana"]["image"].rpartition(":")[2])
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (requirement,) = map(Requirement, pyproject["project"]["optional-dependencies"]["dashboards"])
+    installed = Version(version("grafana-foundation-sdk"))
+    assert installed.release == grafana.release
+    assert installed in requirement.specifier
+    epoch = installed.epoch
+    next_minor = f"{grafana.major}.{grafana.minor + 1}.0"
+    # A later build's releases all outrank this one by their epoch: none may be taken.
+    for other in (f"{epoch}!{next_minor}", f"{epoch + 1}!{grafana}", f"{epoch + 1}!10.1.0"):
+        assert Version(other) not in requirement.specifier, other

@@ -192,8 +192,9 @@ def test_the_status_table_opens_the_object_detail() -> None:
     status = BY_UID["crmsync-status"]
     urls = [url for title, url in _links(status) if title == "Sync Status"]
     assert urls == [
-        "/d/crmsync-object?${datasource:queryparam}&${store:queryparam}"
-        "&${direction:queryparam}&var-object=${__value.raw}&${__url_time_range}"
+        "/d/crmsync-object?${datasource:queryparam}&${job:queryparam}&${instance:queryparam}"
+        "&${store:queryparam}&${direction:queryparam}&var-object=${__value.raw:percentencode}"
+        "&${__url_time_range}"
     ]
 
 
@@ -224,7 +225,10 @@ def test_sql_takes_variables_only_percent_encoded(dialect: str) -> None:
                     if name in _SQL_MACROS:
                         continue
                     assert fmt in ("queryparam", "percentencode"), f"{match.group(0)} in {sql}"
-                    assert f"'{match.group(0)}" in sql or f"&{match.group(0)}" in sql
+                    assert any(f"{before}{match.group(0)}" in sql for before in "'&="), match
+                    if fmt == "percentencode":
+                        # A whole list, named as a URL parameter of its own.
+                        assert f"&var-{name}=${{{name}:percentencode}}" in sql
                 if dialect == "mysql":
                     # Grafana's MySQL backend refuses queries that match these.
                     assert not re.search(
@@ -232,4 +236,4 @@ def test_sql_takes_variables_only_percent_encoded(dialect: str) -> None:
                         r"|[\s,]system_user\(|[\s,]user\()",
                         sql,
                     )
-    assert checked == 3
+    assert checked == 4

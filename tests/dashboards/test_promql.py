@@ -163,6 +163,8 @@ def _context(view: str) -> Context:
     every = Selection((), multi=True, include_all=True, all_value=".*", is_all=True)
     return Context(
         {
+            "job": every,
+            "instance": every,
             "store": Selection.one("main"),
             "object": Selection.one("lead"),
             "direction": every,
@@ -170,6 +172,7 @@ def _context(view: str) -> Context:
             "error_code": every,
             "view": Selection.one(view),
             "horizon": Selection.one("14400"),
+            "group": Selection.one("error_code"),
         },
         builtins={"__rate_interval": RATE_INTERVAL, "__range": RANGE, "__interval": "1s"},
     )
@@ -182,6 +185,7 @@ def _chosen_context(view: str) -> Context:
     for name, values in (
         ("direction", ("to_crm", "from_crm")),
         ("operation", ("insert", "update")),
+        ("job", ("crmsync",)),
     ):
         variables[name] = Selection(values, multi=True, include_all=True, all_value=".*")
     return Context(variables, context.builtins)
@@ -254,41 +258,84 @@ def test_there_are_promql_panels_on_every_dashboard() -> None:
     }
 
 
+STATUS_TABLE = ("crmsync-status", "Sync Status")
+
+
 @pytest.mark.parametrize(
-    "query", QUERIES, ids=[f"{q.dashboard}:{q.panel}:{q.ref}" for q in QUERIES]
+    "query",
+    [q for q in QUERIES if (q.dashboard, q.panel) != STATUS_TABLE],
+    ids=[
+        f"{q.dashboard}:{q.panel}:{q.ref}"
+        for q in QUERIES
+        if (q.dashboard, q.panel) != STATUS_TABLE
+    ],
 )
 def test_every_panel_query_parses_and_returns_data(stack: Stack, query: Query) -> None:
-    views = ("0", "1") if "$view" in query.expr else ("0",)
-    answers = []
-    for view in views:
-        context = _multi_object_context(view) if query.multi_object else _context(view)
-        expr = interpolate(query.expr, context, "prometheus")
-        assert "$" not in expr, f"a variable is left in {expr}"
-        answers.append(_evaluate(stack, expr, query.instant))
-    # A "view"-gated query answers in its own view and is empty in the other one.
-    assert any(answers), f"no data for {query.expr}"
-    if len(views) == 2:
-        assert not all(answers), f"{query.expr} is not gated by the view"
+    context = _multi_object_context("0") if query.multi_object else _context("0")
+    expr = interpolate(query.expr, context, "prometheus")
+    assert "$" not in expr, f"a variable is left in {expr}"
+    assert _evaluate(stack, expr, query.instant), f"no data for {expr}"
     # The same with values picked one by one rather than "All".
-    view = views[[bool(answer) for answer in answers].index(True)]
-    expr = interpolate(query.expr, _chosen_context(view), "prometheus")
+    expr = interpolate(query.expr, _chosen_context("0"), "prometheus")
     assert "(to_crm|from_crm)" in expr or "direction" not in query.expr
     assert _evaluate(stack, expr, query.instant), f"no data for {expr}"
 
 
-def _variable_queries() -> list[tuple[str, str, str]]:
+def test_the_status_table_has_every_column_of_its_view_for_every_object(stack: Stack) -> None:
+    """One query per view, every cell present: the table can have no empty column."""
+    (query,) = [q for q in QUERIES if (q.dashboard, q.panel) == STATUS_TABLE]
+    columns = {
+        "0": {"Inserts", "Updates", "Oldest pending insert", "Oldest pending update"},
+        "1": {"Inserts", "Updates", "Synced in the last full hour"},
+    }
+    for view, expected in columns.items():
+        expr = interpolate(query.expr, _context(view), "prometheus")
+        result = _evaluate(stack, expr, instant=True)
+        cells = {(r["metric"]["object"], r["metric"]["column"]): r["value"][1] for r in result}
+        objects = {obj for obj, _ in cells}
+        assert objects >= {"lead", "contact", "account", "opportunity"}
+        assert cells.keys() == {(obj, column) for obj in objects for column in expected}
+        for (_, column), value in cells.items():
+            # "not applicable" in the Last hour view: NaN, which the table maps to N/A.
+            assert (value == "NaN") == (view == "1" and column in ("Inserts", "Updates"))
+
+
+def test_store_readable_reads_down_when_no_exporter_answers(stack: Stack) -> None:
+    (query,) = [q for q in QUERIES if q.panel == "Store readable"]
+    up = _evaluate(stack, interpolate(query.expr, _context("0"), "prometheus"), instant=True)
+    assert [sample["value"][1] for sample in up] == ["1"]
+    gone = dict(_context("0").variables)
+    gone["job"] = Selection(("gone",), multi=True, include_all=True, all_value=".*")
+    absent = interpolate(query.expr, Context(gone), "prometheus")
+    assert [sample["value"][1] for sample in _evaluate(stack, absent, instant=True)] == ["0"]
+
+
+def _variable_queries() -> list[tuple[str, str, str, str]]:
     found = []
     for path in sorted(DASHBOARDS.glob("*.json")):
         dashboard = json.loads(path.read_text(encoding="utf-8"))
         for variable in dashboard["templating"]["list"]:
             if variable["type"] == "query":
-                found.append((dashboard["uid"], variable["name"], variable["definition"]))
+                query = variable["query"]["query"]
+                found.append((dashboard["uid"], variable["name"], query, variable.get("regex", "")))
     return found
 
 
 @pytest.mark.parametrize("variable", _variable_queries(), ids=lambda v: f"{v[0]}:{v[1]}")
-def test_every_variable_query_finds_values(stack: Stack, variable: tuple[str, str, str]) -> None:
-    _, name, definition = variable
+def test_every_variable_query_finds_values(
+    stack: Stack, variable: tuple[str, str, str, str]
+) -> None:
+    _, name, definition, regex = variable
+    result = re.fullmatch(r"query_result\((.+)\)", definition)
+    if result:
+        # Grafana lists "{labels} value timestamp" and keeps what the regex captures.
+        expr = interpolate(result.group(1), _context("0"), "prometheus")
+        (sample,) = _evaluate(stack, expr, instant=True)
+        text = f"{{}} {sample['value'][1]} {int(sample['value'][0] * 1000)}"
+        captured = re.search(regex.strip("/"), text)
+        assert captured, text
+        assert int(captured.group(1)) % 60_000 == 0, "a full minute, in milliseconds"
+        return
     match = re.fullmatch(r"label_values\((.+), (\w+)\)", definition)
     assert match, definition
     selector = interpolate(match.group(1), _context("0"), "prometheus")
@@ -296,3 +343,16 @@ def test_every_variable_query_finds_values(stack: Stack, variable: tuple[str, st
     answer = _get(f"{stack.prometheus}/api/v1/label/{match.group(2)}/values?{query}")
     assert answer["status"] == "success"
     assert answer["data"], f"no values for ${name} from {selector}"
+
+
+def test_the_last_hour_variables_are_an_hour_apart(stack: Stack) -> None:
+    status = json.loads((DASHBOARDS / "crmsync-status.json").read_text(encoding="utf-8"))
+    values = {}
+    for variable in status["templating"]["list"]:
+        if variable["name"] in ("last_hour_start", "last_hour_end"):
+            expr = variable["query"]["query"].removeprefix("query_result(").removesuffix(")")
+            expr = interpolate(expr, _context("0"), "prometheus")
+            (sample,) = _evaluate(stack, expr, instant=True)
+            values[variable["name"]] = float(sample["value"][1])
+    assert values["last_hour_end"] - values["last_hour_start"] == 3_600_000
+    assert values["last_hour_start"] <= time.time() * 1000 - 3_600_000

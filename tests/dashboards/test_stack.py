@@ -168,6 +168,11 @@ def test_the_store_roles_script_leaves_grafana_able_to_read_and_not_to_write(
             metadata.create_all(connection)
             connection.exec_driver_sql("RESET ROLE")
         with admin.connect() as connection:
+            settings = connection.exec_driver_sql(
+                f"SELECT rolconfig FROM pg_roles WHERE rolname = '{grafana}'"
+            ).scalar_one()
+            assert "TimeZone=UTC" in settings
+            assert "default_transaction_read_only=on" in settings
             connection.exec_driver_sql(f"SET ROLE {grafana}")
             assert connection.exec_driver_sql("SELECT count(*) FROM sync_error").scalar_one() == 0
             with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
