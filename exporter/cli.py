@@ -187,12 +187,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     runners = build_runners(config, shard)
-    # A shard may be empty (more shards than stores): it still serves its self-metrics.
-    log.log(
-        logging.INFO if runners else logging.WARNING,
-        f"kept {len(runners)} of {len(config.stores)} stores",
-        extra={"shard_index": shard.index, "shard_count": shard.count},
-    )
     registry = CollectorRegistry(auto_describe=False)
     store_metrics = SyncStoreCollector(lambda: [runner.state for runner in runners])
     registry.register(store_metrics)
@@ -200,10 +194,18 @@ def run(args: argparse.Namespace) -> int:
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
 
+    # Stores whose first collection (or failure) /metrics already shows. Ready once that is
+    # every store: from then on /metrics tells the truth about each (crmsync_up says which
+    # could not be read).
+    published: set[str] = set()
+
     def ready() -> bool:
-        # Ready once every store has been collected once, or has failed once: from then on
-        # /metrics tells the truth about each (crmsync_up says which could not be read).
-        return all(runner.state.collections > 0 for runner in runners)
+        return len(published) == len(runners)
+
+    def publish(store: str) -> None:
+        # Write each collection's metrics once, before any scrape asks for them.
+        server.exposition.refresh(store_metrics)
+        published.add(store)
 
     server = make_server(args.listen_address, args.telemetry_path, web_config, registry, ready)
 
@@ -212,10 +214,15 @@ def run(args: argparse.Namespace) -> int:
     # keeps scrapes from queueing behind it.
     sys.setswitchinterval(0.001)
     allocator.limit_arenas()
+    # A shard may be empty (more shards than stores): it still serves its self-metrics.
+    log.log(
+        logging.INFO if runners else logging.WARNING,
+        f"kept {len(runners)} of {len(config.stores)} stores",
+        extra={"shard_index": shard.index, "shard_count": shard.count},
+    )
     for runner in runners:
         store = runner.collector.config
-        # Write each collection's metrics once, before any scrape asks for them.
-        runner.after_cycle = functools.partial(server.exposition.refresh, store_metrics)
+        runner.after_cycle = functools.partial(publish, store.name)
         log.info(
             "collecting",
             extra={"store": store.name, "url": store.display_url(), "interval": store.interval},
