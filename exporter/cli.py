@@ -174,7 +174,6 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config_file)
     web_config = load_web_config(args.web_config_file) if args.web_config_file else WebConfig()
     shard = parse_shard(args.shard_index, args.shard_count)
-    kept = shard.select(config.stores)
     if args.config_check:
         # Building the engines (without connecting) also checks drivers and password sources.
         for runner in build_runners(config, shard):
@@ -182,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(store.name for store in config.stores)
         print(f"{args.config_file}: valid, {len(config.stores)} store(s): {names}")
         if shard.count > 1:
+            kept = shard.select(config.stores)
             kept_names = ", ".join(store.name for store in kept) or "none"
             print(f"{shard}: {len(kept)} store(s): {kept_names}")
         return 0
