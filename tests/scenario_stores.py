@@ -13,6 +13,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,11 +99,14 @@ class Writer:
     _stopped: threading.Event = field(default_factory=threading.Event)
     _busy: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
+    _wrote_new: bool = False
+    _resumed: bool = False
 
     def resume(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
+        self._resumed = True
         self._running.set()
 
     def pause(self) -> None:
@@ -126,10 +130,15 @@ class Writer:
             with self._busy:
                 if self._running.is_set():
                     stamp = utcnow()
+                    new = self.new_labels.is_set()
+                    # Every series at once when writing resumes (an exporter may just have
+                    # started) and when new ones appear: their holds all end together.
+                    every = self._resumed or new != self._wrote_new
                     try:
                         with engine.begin() as connection:
-                            self.store.write(connection, tick, stamp, self.new_labels.is_set())
+                            self.store.write(connection, tick, stamp, new, every)
                         self.committed[micros(stamp)] = time.time()
+                        self._wrote_new, self._resumed = new, False
                     except sa.exc.DBAPIError:
                         self.failures += 1  # a truncation's lock: the engine retries later
             time.sleep(0.25)
@@ -155,7 +164,7 @@ class SlowTransaction:
 class ScenarioStore:
     """One layout on one database, out of the exporter's reach until ``make_available``."""
 
-    def __init__(self, database: str, layout: str, url: str, work: Path) -> None:
+    def __init__(self, database: str, layout: str, url: str) -> None:
         self.database = database
         self.layout = layout
         self.name = f"{database}-{layout.replace('_', '-')}"
@@ -178,7 +187,6 @@ class ScenarioStore:
             )
         self.writer = Writer(self)
         self.slow: list[SlowTransaction] = []
-        self.work = work
 
     @property
     def concurrent_writers(self) -> bool:
@@ -241,54 +249,76 @@ class ScenarioStore:
 
     # --- what the sync engine does --------------------------------------------------------
 
-    def write(self, connection: sa.Connection, tick: int, stamp: datetime, new: bool) -> None:
-        """Two synced changes and one failed attempt, all stamped ``stamp``."""
+    def write(
+        self, connection: sa.Connection, tick: int, stamp: datetime, new: bool, every: bool
+    ) -> None:
+        """Two synced changes and one failed attempt, all stamped ``stamp``.
+
+        With ``every``, one change of every series instead: new series all start at once.
+        """
         objects = (*OBJECTS, NEW_OBJECT) if new else OBJECTS
         errors = ERROR_SERIES + NEW_ERROR_SERIES if new else ERROR_SERIES
+        if every:
+            labels = list(itertools.product(objects, ("insert", "update"), ("to_crm", "from_crm")))
+            failures = errors
+        else:
+            labels = [
+                (
+                    objects[(2 * tick + index) % len(objects)],
+                    ("insert", "update")[(tick + index) % 2],
+                    ("to_crm", "from_crm")[(tick // 2 + index) % 2],
+                )
+                for index in range(2)
+            ]
+            failures = (errors[tick % len(errors)],)
         synced = [
             {
-                "object_type": objects[(2 * tick + index) % len(objects)],
-                "operation": ("insert", "update")[(tick + index) % 2],
-                "direction": ("to_crm", "from_crm")[(tick // 2 + index) % 2],
-                "record_id": f"{tick}-{index}",
+                "object_type": obj,
+                "operation": operation,
+                "direction": direction,
+                "record_id": f"{tick}-{index}-synced",
                 "enqueued_at": stamp - timedelta(seconds=1 + (tick * 7 + index) % 700),
             }
-            for index in range(2)
+            for index, (obj, operation, direction) in enumerate(labels)
         ]
-        error_object, code = errors[tick % len(errors)]
-        failed = {
-            "object_type": error_object,
-            "operation": "insert",
-            "direction": "to_crm",
-            "record_id": f"{tick}-2",
-            "error_code": code,
-        }
+        failed = [
+            {
+                "object_type": obj,
+                "operation": "insert",
+                "direction": "to_crm",
+                "record_id": f"{tick}-{index}-failed",
+                "enqueued_at": stamp - timedelta(seconds=2),
+                "error_code": code,
+            }
+            for index, (obj, code) in enumerate(failures)
+        ]
         if self.layout == THREE_TABLES:
             connection.execute(
                 sync_history.insert(), [{**row, "synced_at": stamp} for row in synced]
             )
             connection.execute(
                 sync_error.insert(),
-                [{**failed, "error_message": "failed", "failed_at": stamp}],
+                [{**row, "error_message": "failed", "failed_at": stamp} for row in failed],
             )
             connection.execute(sync_queue.insert(), [{**synced[0], "enqueued_at": stamp}])
             return
-        # Rows change status in place: this tick's rows are enqueued, the previous tick's done.
-        pending = [{**row, "status": "pending"} for row in synced]
-        # The third will fail: its error code is written with it, to keep its series whole.
-        pending.append({**failed, "status": "pending", "enqueued_at": stamp})
-        connection.execute(sync_changes.insert(), pending)
-        for index, status in ((0, "synced"), (1, "synced"), (2, "failed")):
-            values: dict[str, Any] = {"status": status}
-            if status == "synced":
-                values["synced_at"] = stamp
-            else:
-                values.update(failed_at=stamp, error_message="failed")
-            previous = f"{tick - 1}-{index}"
+        # Rows change status in place: this tick's rows are enqueued (the error code of a
+        # change that will fail is known: its last attempt's), the previous tick's done.
+        pending = [{**row, "error_code": None} for row in synced] + failed
+        connection.execute(sync_changes.insert(), [{**row, "status": "pending"} for row in pending])
+        for outcome, moment in (("synced", "synced_at"), ("failed", "failed_at")):
+            # By primary key: a scan would wait on the rows a slow transaction holds (InnoDB
+            # locks every row an UPDATE reads), and the engine would stall with it.
+            ids = connection.execute(
+                sa.select(sync_changes.c.id).where(
+                    sync_changes.c.record_id.like(f"{tick - 1}-%-{outcome}"),
+                    sync_changes.c.status == "pending",
+                )
+            ).scalars()
             connection.execute(
                 sync_changes.update()
-                .where(sync_changes.c.record_id == previous, sync_changes.c.status == "pending")
-                .values(**values)
+                .where(sync_changes.c.id.in_(list(ids)))
+                .values(status=outcome, **{moment: stamp})
             )
 
     def open_slow_transaction(self) -> SlowTransaction:
@@ -310,7 +340,9 @@ class ScenarioStore:
                         for index in range(3)
                     ],
                 )
-        connection = self.engine.connect()
+        # READ COMMITTED, as PostgreSQL's default: InnoDB's REPEATABLE READ would also lock
+        # the gaps around these rows, and stall the writer's inserts until the commit.
+        connection = self.engine.connect().execution_options(isolation_level="READ COMMITTED")
         transaction = connection.begin()
         if self.layout == THREE_TABLES:
             synced = {**base, "object_type": "account", "synced_at": stamp}
@@ -384,6 +416,8 @@ class ScenarioStore:
     def ledger(self, since: datetime) -> list[Change]:
         """Every change stamped since ``since``, with when it became visible."""
         slow = {f"{SLOW}{index}": transaction for index, transaction in enumerate(self.slow)}
+        history: Sequence[Any]
+        errors: Sequence[Any]
         with self.engine.connect() as connection:
             if self.layout == THREE_TABLES:
                 history = connection.execute(
@@ -424,7 +458,8 @@ class ScenarioStore:
                 ).all()
         changes = []
         for kind, rows in (("synced", history), ("errors", errors)):
-            for row in rows:
+            for found in rows:
+                row: tuple[Any, ...] = tuple(found)
                 stamp: datetime = row[0]
                 record_id = str(row[4])
                 tag = record_id.rsplit("-", 1)[0] if record_id.startswith(SLOW) else None
