@@ -257,7 +257,10 @@ class ScenarioStore:
         With ``every``, one change of every series instead: new series all start at once.
         """
         objects = (*OBJECTS, NEW_OBJECT) if new else OBJECTS
-        errors = ERROR_SERIES + NEW_ERROR_SERIES if new else ERROR_SERIES
+        errors: tuple[tuple[str, str], ...] = (
+            ERROR_SERIES + NEW_ERROR_SERIES if new else ERROR_SERIES
+        )
+        failures: tuple[tuple[str, str], ...]
         if every:
             labels = list(itertools.product(objects, ("insert", "update"), ("to_crm", "from_crm")))
             failures = errors
