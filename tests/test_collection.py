@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 from datetime import UTC, timedelta
 
 import pytest
@@ -226,14 +227,21 @@ def commit_out_of_order(engine: sa.Engine, fast_rows: int = 2) -> sa.RootTransac
     return slow_transaction
 
 
-@pytest.mark.parametrize("server", ["postgres_url", "mariadb_url"])
-def test_concurrent_writers_committing_out_of_order(
-    server: str, request: pytest.FixtureRequest
-) -> None:
-    url = str(request.getfixturevalue(server))
+@pytest.fixture(params=["postgres_url", "mariadb_url"])
+def concurrent_store(request: pytest.FixtureRequest) -> Iterator[tuple[str, sa.Engine]]:
+    """A store on a server where transactions run side by side, with a little history."""
+    url = str(request.getfixturevalue(request.param))
     engine = sa.create_engine(url, pool_size=3)
     create_reference_schema(engine)
     add_history(engine, 5)
+    yield url, engine
+    engine.dispose()
+
+
+def test_concurrent_writers_committing_out_of_order(
+    concurrent_store: tuple[str, sa.Engine],
+) -> None:
+    url, engine = concurrent_store
     runner = runner_for(url)
     collect(runner)
     start = newest_id(engine, "sync_history")
@@ -247,17 +255,12 @@ def test_concurrent_writers_committing_out_of_order(
         expected = history_counts(engine, start)
         assert sum(expected.values()) == 3
         assert nonzero(series_total(result, "crmsync_records_synced_total")) == expected
-    engine.dispose()
 
 
-@pytest.mark.parametrize("server", ["postgres_url", "mariadb_url"])
 def test_a_transaction_open_at_start_is_counted_when_it_commits(
-    server: str, request: pytest.FixtureRequest
+    concurrent_store: tuple[str, sa.Engine],
 ) -> None:
-    url = str(request.getfixturevalue(server))
-    engine = sa.create_engine(url, pool_size=3)
-    create_reference_schema(engine)
-    add_history(engine, 5)
+    url, engine = concurrent_store
     slow_transaction = commit_out_of_order(engine, fast_rows=3)
     runner = runner_for(url)
 
@@ -275,7 +278,6 @@ def test_a_transaction_open_at_start_is_counted_when_it_commits(
             == 1.0
         )
         assert sum(series_total(result, "crmsync_records_synced_total").values()) == 1.0
-    engine.dispose()
 
 
 def test_configured_objects_read_zero_and_a_drained_backlog_reads_zero(
