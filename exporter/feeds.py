@@ -112,11 +112,13 @@ class IdFeed:
         self._settle_time = settle_time
         self._clock = clock
         self._last_id: int | None = None
+        self._last_moment: float | None = None
+        """The timestamp of the row at ``_last_id``, to tell it from another with its id."""
         self._read_at: float | None = None
         """The database's clock at the previous read."""
-        # The newest rows read (id -> timestamp), so that a table restored from a backup is
-        # not counted again; as many as the tail that is re-read when ids go backwards.
-        self._recent: dict[int, float | None] = {}
+        # Rows read that a re-read after ids went backwards could count (id -> timestamp):
+        # those stamped within settle_time of the last read, at most a tail's worth.
+        self._recent: dict[int, float] = {}
         self.gaps = GapSet()
 
     def read(self, connection: Connection, db_now: float) -> None:
@@ -135,16 +137,18 @@ class IdFeed:
         self._read_new(connection)
         self.gaps.expire(self._clock() - self._settle_time)
         self._read_at = db_now
+        horizon = db_now - self._settle_time
+        self._recent = {row_id: at for row_id, at in self._recent.items() if at >= horizon}
 
     def _replaced(self, connection: Connection, newest: int) -> bool:
         """The last row read is gone or another: truncated, restored from a backup, recreated."""
         assert self._last_id is not None
         if newest < self._last_id:
             return True
-        if self._last_id not in self._recent:
+        if self._last_id == 0:
             return False  # nothing read yet: the table was empty at start
         row = connection.execute(self._queries.row_moment(self._last_id)).first()
-        return row is None or _moment(row) != self._recent[self._last_id]
+        return row is None or _moment(row) != self._last_moment
 
     def _take_position(
         self, connection: Connection, newest: int, count_since: float | None
@@ -176,6 +180,7 @@ class IdFeed:
             ):
                 self._sink.add_row(row)
             self._remember(row_id, moment)
+            self._last_moment = moment
         if expected <= newest:
             self.gaps.open(expected, newest, now)
         self._last_id = newest
@@ -199,6 +204,7 @@ class IdFeed:
                 if row_id > self._last_id + 1:
                     self.gaps.open(self._last_id + 1, row_id - 1, now)
                 self._last_id = row_id
+                self._last_moment = _moment(row)
                 self._deliver(row_id, row)
             if len(rows) < PAGE_ROWS:
                 return
@@ -208,6 +214,8 @@ class IdFeed:
         self._remember(row_id, _moment(row))
 
     def _remember(self, row_id: int, moment: float | None) -> None:
+        if moment is None:
+            return  # never counted by its timestamp, so never counted twice by it
         self._recent.pop(row_id, None)
         self._recent[row_id] = moment
         if len(self._recent) > TAIL_IDS:

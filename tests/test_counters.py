@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -33,6 +34,8 @@ COUNTERS = (
 )
 RECENT = 0.01
 """Hours: rows written now are stamped within the last 36 seconds."""
+JUST_NOW = 0.0001
+"""Hours: within the last 0.36 seconds."""
 
 
 def synced(result: Samples) -> dict[tuple[str, ...], float]:
@@ -119,6 +122,26 @@ def test_counters_never_decrease_whatever_happens_to_the_tables(store_url: str) 
     create_reference_schema(engine)
     add_history(engine, 4, seed=7, hours=RECENT)
     check(61)
+    runner.collector.close()
+    engine.dispose()
+
+
+def test_a_table_refilled_past_the_last_row_read_after_a_quiet_spell_is_noticed(
+    sqlite_url: str,
+) -> None:
+    engine = sa.create_engine(sqlite_url)
+    create_reference_schema(engine)
+    add_history(engine, 3)
+    runner = runner_for(sqlite_url, settle_time="1s")
+    collect(runner)
+    add_history(engine, 2, seed=1, hours=JUST_NOW)
+    assert sum(synced(collect(runner)).values()) == 2
+    time.sleep(1.5)  # quiet for longer than settle_time
+    assert sum(synced(collect(runner)).values()) == 2
+    # Replaced by a table that holds more rows than were read: the ids alone look like growth.
+    empty_history(engine)
+    add_history(engine, 6, seed=2, hours=JUST_NOW)
+    assert sum(synced(collect(runner)).values()) == 8
     runner.collector.close()
     engine.dispose()
 
