@@ -43,7 +43,7 @@ def classify(sql: str) -> str:
         return f"{table}: newest id"
     if "group by" in text and ">=" in text:
         return "last hour"
-    if ".id = " in text:
+    if "where id = " in text or ".id = " in text:
         return f"{table}: last row read"
     if " between " in text:
         return f"{table}: newest ids or gap probe"
