@@ -77,8 +77,8 @@ from tests.scenario_stores import (
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(480)]
 
 INTERVAL = 1.0
-HOLD = 4.0
-"""new_counter_hold: longer than the slow Prometheus's scrape interval."""
+HOLD = 5.0
+"""new_counter_hold: longer than the slow Prometheus's scrape interval, with a margin."""
 SCRAPE_INTERVALS = {"fast": 1.0, "slow": 3.0}
 AFTER_MARK = SCRAPE_INTERVALS["slow"] + INTERVAL + 0.5
 """Seconds for which nothing changes after a mark: both Prometheus scrape a span's edge."""
