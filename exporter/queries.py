@@ -24,7 +24,6 @@ from sqlalchemy.sql.expression import TableClause
 
 from exporter.config import StoreConfig
 from exporter.dialects import Comparison, compare_instant, epoch_seconds, now_epoch_seconds
-from exporter.tally import LATENCY_BUCKETS
 
 
 def _naive_utc(epoch: float) -> datetime:
@@ -62,45 +61,10 @@ class ChangeFeedQueries:
     def max_id(self) -> Select[Any]:
         return self.filtered(select(func.max(self.id)).select_from(self.source))
 
-    def min_id(self) -> Select[Any]:
-        return self.filtered(select(func.min(self.id)).select_from(self.source))
-
-    def aggregate(self, condition: ColumnElement[bool]) -> Select[Any]:
-        """Counts per raw label set for the rows matching ``condition``.
-
-        With a latency, rows are also split by histogram bucket (column ``bucket``: the
-        index of the first bound the latency fits under, -1 when it cannot be computed).
-        One CASE per row is far cheaper than one SUM(CASE ...) per bucket.
-        """
-        if self.latency is None:
-            statement = select(*self.labels, func.count().label("rows"))
-            statement = statement.select_from(self.source).group_by(*self.labels)
-            return self.filtered(statement, condition)
-        inner = self.filtered(
-            select(
-                *(label.label(f"label_{index}") for index, label in enumerate(self.labels)),
-                self._clamped_latency().label("latency"),
-            ).select_from(self.source),
-            condition,
-        )
-        if self.dialect == "postgresql":
-            # OFFSET 0 keeps PostgreSQL from inlining the subquery, which would compute
-            # the latency again in every branch of the CASE below.
-            inner = inner.offset(0)
-        changes = inner.subquery("changes")
-        latency = changes.c.latency
-        bucket = case(
-            (latency.is_(None), -1),
-            *((latency <= bound, index) for index, bound in enumerate(LATENCY_BUCKETS)),
-            else_=len(LATENCY_BUCKETS),
-        )
-        labels = [changes.c[f"label_{index}"] for index in range(len(self.labels))]
-        return select(
-            *labels,
-            bucket.label("bucket"),
-            func.count().label("rows"),
-            func.coalesce(func.sum(latency), 0.0).label("latency_sum"),
-        ).group_by(*labels, bucket)
+    def row_moment(self, row_id: int) -> Select[Any]:
+        """The timestamp of one row (no row when it is gone)."""
+        statement = select(epoch_seconds(self.dialect, self.moment).label("moment"))
+        return self.filtered(statement.select_from(self.source), self.id == row_id)
 
     def rows_after(self, after_id: int, limit: int) -> Select[Any]:
         """New rows in id order, a page at a time."""
@@ -129,11 +93,6 @@ class ChangeFeedQueries:
         if self.latency is not None:
             values.append(self.latency.label("latency"))
         return values
-
-    def _clamped_latency(self) -> ColumnElement[float]:
-        assert self.latency is not None
-        # A writer with a skewed clock can stamp synced_at before enqueued_at.
-        return case((self.latency < 0, 0.0), else_=self.latency)
 
 
 @dataclass(frozen=True)

@@ -282,8 +282,10 @@ status_table = sa.Table(
     sa.Column("error_message", sa.Text),
 )
 STATUS_TABLE = {
-    # The window of recently stamped rows then starts exactly on the hour: DB_NOW - 90m.
-    "settle_time": "90m",
+    # The status-table feed reads back two settle times: its window then starts exactly on the
+    # hour, DB_NOW - 90m. New series count at once, so that the second collection shows them.
+    "settle_time": "45m",
+    "new_counter_hold": "0s",
     "mapping": {
         "single_table": {"table": "sync_change"},
         "status_values": {"pending": ["pending"], "synced": ["synced"], "failed": ["failed"]},
@@ -338,6 +340,7 @@ def test_status_table_counts_each_change_by_its_instant(store_url: str) -> None:
     insert(engine, "sync_change", rows)
     instants = [stamp.instant for stamp in stamps for _ in ("synced", "failed")]
 
+    collect(runner)  # series seen for the first time are served at 0 in this collection
     second = collect(runner)
 
     # The window the exporter reads starts at HOUR_START: what is stamped from then on is new.

@@ -281,18 +281,13 @@ def prometheus(
     *,
     rule_files: Sequence[Path],
     targets: Sequence[str],
-    alertmanager_url: str,
+    alertmanager_url: str | None,
     interval: str = "1s",
 ) -> Iterator[str]:
     """A real Prometheus scraping ``targets`` as job "crmsync"; yields its URL."""
-    config = {
+    config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(path) for path in rule_files],
-        "alerting": {
-            "alertmanagers": [
-                {"static_configs": [{"targets": [alertmanager_url.removeprefix("http://")]}]}
-            ]
-        },
         "scrape_configs": [
             {
                 "job_name": "crmsync",
@@ -302,6 +297,9 @@ def prometheus(
             }
         ],
     }
+    if alertmanager_url is not None:
+        alertmanager = [alertmanager_url.removeprefix("http://")]
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanager}]}]}
     config_file = work / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     url = f"http://127.0.0.1:{free_port()}"
@@ -317,8 +315,11 @@ def prometheus(
         yield url
 
 
-def query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
-    """An instant query's result vector."""
-    answer = get_json(f"{prometheus_url}/api/v1/query?query={urllib.parse.quote(promql)}")
+def query(prometheus_url: str, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+    """An instant query's result (a vector, or a matrix for a range selector), at ``at``."""
+    url = f"{prometheus_url}/api/v1/query?query={urllib.parse.quote(promql)}"
+    if at is not None:
+        url += f"&time={at:.3f}"
+    answer = get_json(url)
     result: list[dict[str, Any]] = answer["data"]["result"]
     return result

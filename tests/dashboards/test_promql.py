@@ -86,7 +86,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     exporter_port, prometheus_port = _free_port(), _free_port()
     config = work / "exporter.yml"
-    config.write_text(f"stores:\n  - name: main\n    url: '{url}'\n    interval: 1s\n")
+    # New counter series count after being scraped at 0 once (Prometheus scrapes every 1 s).
+    config.write_text(
+        f"stores:\n  - name: main\n    url: '{url}'\n    interval: 1s\n    new_counter_hold: 1s\n"
+    )
     prometheus_config = work / "prometheus.yml"
     prometheus_config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
