@@ -15,7 +15,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import Any
 
 from tests.alerts.timeline import (
@@ -62,7 +61,12 @@ def page(alert: str, store: Store, flow: Flow, first: str, last: str | None = No
 
 
 def store_labels(store: Store, severity: str) -> dict[str, str]:
-    return {"store": store.name, "job": "crmsync", "instance": f"{store.name}:9312", "severity": severity}
+    return {
+        "store": store.name,
+        "job": "crmsync",
+        "instance": f"{store.name}:9312",
+        "severity": severity,
+    }
 
 
 ONE_IN_EIGHT = Exporter(failed_scrapes=steps(lambda k, t: k % 8 == 5))
@@ -84,7 +88,9 @@ HEALTHY = (lead(), contact(), account())
 
 
 def _stall() -> Scenario:
-    flows = tuple(make(capacity=per_minute((ONSET, 0), start=INF)) for make in (lead, contact, account))
+    flows = tuple(
+        make(capacity=per_minute((ONSET, 0), start=INF)) for make in (lead, contact, account)
+    )
     stores = (
         Store("stall", flows),
         Store("stall-gaps", flows, ONE_IN_EIGHT),
@@ -156,7 +162,12 @@ def _error_storm() -> Scenario:
         minutes=45,
         stores=stores,
         fires=tuple(
-            page("CrmSyncErrorRatioHigh", store, flow, "38m15s" if flow.object == "account" else "39m30s")
+            page(
+                "CrmSyncErrorRatioHigh",
+                store,
+                flow,
+                "38m15s" if flow.object == "account" else "39m30s",
+            )
             for store in stores
             for flow in flows
         ),

@@ -178,6 +178,10 @@ class Received:
     annotations: Mapping[str, str]
     at: float
     """time.monotonic() when it arrived."""
+    notification: int
+    """Which notification (POST) it came in, counting from 1."""
+    group_key: str
+    """Alertmanager's key of the group: one incident."""
 
 
 class Webhook:
@@ -186,6 +190,7 @@ class Webhook:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._received: list[Received] = []
+        self._notifications = 0
         webhook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -193,6 +198,7 @@ class Webhook:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 payload = json.loads(body)
                 with webhook._lock:
+                    webhook._notifications += 1
                     for alert in payload.get("alerts", []):
                         webhook._received.append(
                             Received(
@@ -201,6 +207,8 @@ class Webhook:
                                 alert.get("labels", {}),
                                 alert.get("annotations", {}),
                                 time.monotonic(),
+                                webhook._notifications,
+                                payload.get("groupKey", ""),
                             )
                         )
                 self.send_response(200)

@@ -136,9 +136,9 @@ class _Queue:
             self.waiting.append([t - STEP / 2, arrived])
         for stuck in self.flow.stuck:
             waited = t - stuck.enqueued * 60
-            if stuck.retry and 0 < waited < (stuck.synced - stuck.enqueued) * 60:
-                if waited % stuck.retry == 0:
-                    self.errors[stuck.code] = self.errors.get(stuck.code, 0) + 1
+            waiting = 0 < waited < (stuck.synced - stuck.enqueued) * 60
+            if waiting and stuck.retry and waited % stuck.retry == 0:
+                self.errors[stuck.code] = self.errors.get(stuck.code, 0) + 1
             if t == stuck.synced * 60:
                 self.synced += 1
                 self.fast += 1 if waited <= HALF_HOUR else 0
@@ -164,7 +164,9 @@ class _Queue:
 
     def age(self, t: float) -> float:
         enqueued = [at for at, _ in self.waiting]
-        enqueued += [s.enqueued * 60 for s in self.flow.stuck if s.enqueued * 60 <= t < s.synced * 60]
+        enqueued += [
+            s.enqueued * 60 for s in self.flow.stuck if s.enqueued * 60 <= t < s.synced * 60
+        ]
         return t - min(enqueued) if enqueued else 0.0
 
 
@@ -368,7 +370,9 @@ def encode(values: Sequence[Value]) -> str:
         if run >= 2 and step is not None:
             sign = "-" if step < 0 else "+"
             parts.append(
-                f"{_number(value)}x{run}" if step == 0 else f"{_number(value)}{sign}{_number(abs(step))}x{run}"
+                f"{_number(value)}x{run}"
+                if step == 0
+                else f"{_number(value)}{sign}{_number(abs(step))}x{run}"
             )
             i = j
         else:
@@ -399,8 +403,7 @@ def promtool_test(scenario: Scenario) -> dict[str, Any]:
         "name": scenario.name,
         "interval": f"{STEP}s",
         "input_series": [
-            {"series": name, "values": encode(values)}
-            for name, values in record(scenario).items()
+            {"series": name, "values": encode(values)} for name, values in record(scenario).items()
         ],
         "promql_expr_test": [
             {
@@ -413,7 +416,11 @@ def promtool_test(scenario: Scenario) -> dict[str, Any]:
                 "eval_time": end,
                 "exp_samples": last,
             },
-            {"expr": f"count_over_time({alerts}{window})", "eval_time": end, "exp_samples": unbroken},
+            {
+                "expr": f"count_over_time({alerts}{window})",
+                "eval_time": end,
+                "exp_samples": unbroken,
+            },
         ],
     }
 
