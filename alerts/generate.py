@@ -169,6 +169,7 @@ class Config:
     exporter_absent_for: Duration
     collection_failures_window: Duration
     collection_failures_share: float
+    collection_failures_recent: Duration
     collection_failures_for: Duration
     future_timestamps_for: Duration
     folded_label_values_for: Duration
@@ -364,8 +365,10 @@ def load_config(path: Path) -> Config:
 
     failures = top.child("collection_failures")
     failures_window, failures_share = failures.duration("window"), failures.ratio("share")
-    failures_for = failures.duration("for")
+    failures_recent, failures_for = failures.duration("recent"), failures.duration("for")
     failures.done()
+    if failures_recent >= failures_for:
+        raise ConfigError("collection_failures.recent: must be shorter than its for")
 
     gaps = top.child("open_id_gaps")
     gaps_limit = int(gaps.number("limit", low=1, high=1e9, integer=True))
@@ -408,6 +411,7 @@ def load_config(path: Path) -> Config:
         exporter_absent_for=fors["exporter_absent"],
         collection_failures_window=failures_window,
         collection_failures_share=failures_share,
+        collection_failures_recent=failures_recent,
         collection_failures_for=failures_for,
         future_timestamps_for=fors["future_timestamps"],
         folded_label_values_for=fors["folded_label_values"],
@@ -896,18 +900,18 @@ class Builder:
     def exporter_health_alerts(self) -> list[Rule]:
         c = self.c
         status_store = self.dashboard("crmsync-status", "store")
+        failures = "crmsync_collection_failures_total"
         window = c.collection_failures_window
         return [
             self.alert(
                 "CrmSyncCollectionsFailing",
-                f"{self.increase('crmsync_collection_failures_total', window, 'store')}\n"
+                f"{self.increase(failures, window, 'store')}\n"
                 f"/\n"
                 f"{self.increase('crmsync_collections_total', window, 'store')}\n"
                 f"> {num(c.collection_failures_share)}\n"
                 # still failing now and then: after an outage, CrmSyncStoreDown said it all
                 f"and on (store)\n"
-                f"{self.increase('crmsync_collection_failures_total', c.gap_tolerance, 'store')}"
-                " > 0\n"
+                f"{self.increase(failures, c.collection_failures_recent, 'store')} > 0\n"
                 f"{self.store_read()}",
                 c.collection_failures_for,
                 "warning",

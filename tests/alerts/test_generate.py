@@ -97,6 +97,7 @@ def _config_with(tmp_path: Path, path: str, value: Any) -> Path:
         ("latency_slo.min_changes", None, "latency_slo.min_changes: missing"),
         ("open_id_gaps.limit", "many", "open_id_gaps.limit: expected a number"),
         ("keep_firing_for", "soon", "keep_firing_for: expected a duration"),
+        ("collection_failures.recent", "1h", "collection_failures.recent: must be shorter"),
     ],
 )
 def test_invalid_configuration_is_reported_with_its_key(
