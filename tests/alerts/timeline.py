@@ -34,7 +34,8 @@ Schedule = Callable[[float], float]
 
 
 def per_minute(*changes: tuple[float, float], start: float = 0.0) -> Schedule:
-    """Changes per minute as of minute 0, then as of each (minute, rate) given; per step."""
+    """A rate of ``start`` changes a minute, then of each (minute, rate) from that minute on,
+    as the changes of each step."""
     points = sorted([(0.0, start), *changes])
 
     def rate(t: float) -> float:
@@ -47,9 +48,9 @@ def per_minute(*changes: tuple[float, float], start: float = 0.0) -> Schedule:
     return rate
 
 
-def every(seconds: int, offset: int = 0, until: float = math.inf) -> Schedule:
+def every(seconds: int, offset: int = 0) -> Schedule:
     """One change every ``seconds``, the first at ``offset`` seconds."""
-    return lambda t: 1.0 if t >= offset and t < until and (t - offset) % seconds == 0 else 0.0
+    return lambda t: 1.0 if t >= offset and (t - offset) % seconds == 0 else 0.0
 
 
 Failures = Callable[[float], Mapping[str, float]]
@@ -70,7 +71,8 @@ def failing(*changes: tuple[float, Mapping[str, float]]) -> Failures:
     return shares
 
 
-HEALTHY = failing((0, {"DUPLICATE_VALUE": 0.01}))
+USUAL_FAILURES = failing((0, {"DUPLICATE_VALUE": 0.01}))
+"""1% of the attempts fail."""
 UNLIMITED = per_minute(start=math.inf)
 
 
@@ -108,7 +110,7 @@ class Flow:
     direction: str
     arrivals: Schedule
     capacity: Schedule = UNLIMITED
-    failures: Failures = HEALTHY
+    failures: Failures = USUAL_FAILURES
     stuck: tuple[Stuck, ...] = ()
     operation: str = "update"
 
