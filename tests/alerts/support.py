@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -361,16 +362,19 @@ class FlakyScrapes:
                         url = f"http://{proxy.upstream}{self.path}"
                         with urllib.request.urlopen(url, timeout=5) as response:
                             body, status = response.read(), response.status
-                    except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    except (OSError, http.client.HTTPException):
                         body, status = b"exporter unreachable", 502
                 if status != 200:
                     with proxy._lock:
                         proxy.failed += 1
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # Prometheus gave up on a slow scrape: it counts as failed
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

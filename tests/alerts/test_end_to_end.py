@@ -13,12 +13,12 @@ read every other collection only, and the exporter restarts (before the incident
 
 from __future__ import annotations
 
+import http.client
 import re
 import sqlite3
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -201,7 +201,7 @@ class Flapper:
         try:
             with urllib.request.urlopen(self._url, timeout=1) as response:
                 match = self._up.search(response.read().decode())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (OSError, http.client.HTTPException):
             return None  # the exporter restarts
         return float(match.group(1)) == 1 if match else None
 
