@@ -139,14 +139,19 @@ class Config:
     runbook_url: str
     rate_window: Duration
     latency_quantiles: tuple[float, ...]
+    gap_tolerance: Duration
+    keep_firing_for: Duration
+    stall_window: Duration
+    stall_max_work_share: float
+    stall_for: Duration
     backlog_limit: int
+    backlog_limit_for: Duration
     backlog_window: Duration
     backlog_growth_window: Duration
     backlog_tiers: tuple[DurationTier, ...]
     freshness_tiers: tuple[DurationTier, ...]
-    stall_window: Duration
-    stall_for: Duration
     error_ratio_window: Duration
+    error_ratio_min_attempts: int
     error_ratio_min_errors: int
     error_ratio_tiers: tuple[RatioTier, ...]
     error_code_window: Duration
@@ -157,10 +162,19 @@ class Config:
     error_code_for: Duration
     latency_threshold: Duration
     latency_target: float
+    latency_min_changes: int
     burn_rates: tuple[BurnRate, ...]
     store_down_for: Duration
     exporter_down_for: Duration
     exporter_absent_for: Duration
+    collection_failures_window: Duration
+    collection_failures_share: float
+    collection_failures_recent: Duration
+    collection_failures_for: Duration
+    future_timestamps_for: Duration
+    folded_label_values_for: Duration
+    open_id_gaps_limit: int
+    open_id_gaps_for: Duration
 
 
 class _Reader:
@@ -274,8 +288,22 @@ def load_config(path: Path) -> Config:
             raise ConfigError(f"latency_quantiles[{i}]: expected a number between 0 and 1")
         quantiles.append(float(q))
 
+    gap_tolerance = top.duration("gap_tolerance")
+    keep_firing_for = top.duration("keep_firing_for")
+
+    stall = top.child("stall")
+    stall_window = stall.duration("window")
+    stall_share = stall.ratio("max_work_share")
+    stall_for = stall.duration("for")
+    stall.done()
+    if gap_tolerance >= stall_window:
+        # a store that cannot be read freezes its counters: were its last gauges held for a
+        # whole stall window, it would look stalled
+        raise ConfigError("gap_tolerance: must be shorter than stall.window")
+
     backlog = top.child("backlog")
     backlog_limit = int(backlog.number("limit", low=1, high=1e12, integer=True))
+    backlog_limit_for = backlog.duration("limit_for")
     backlog_window = backlog.duration("window")
     backlog_growth_window = backlog.duration("growth_window")
     backlog_tiers = _duration_tiers(backlog, "horizon")
@@ -285,12 +313,9 @@ def load_config(path: Path) -> Config:
     freshness_tiers = _duration_tiers(freshness, "age")
     freshness.done()
 
-    stall = top.child("stall")
-    stall_window, stall_for = stall.duration("window"), stall.duration("for")
-    stall.done()
-
     errors = top.child("error_ratio")
     error_ratio_window = errors.duration("window")
+    error_ratio_attempts = int(errors.number("min_attempts", low=1, high=1e9, integer=True))
     error_ratio_min = int(errors.number("min_errors", low=1, high=1e9, integer=True))
     error_ratio_tiers = _ratio_tiers(errors, "ratio")
     errors.done()
@@ -312,6 +337,7 @@ def load_config(path: Path) -> Config:
             f"latency_slo.threshold: must be a histogram bucket ({buckets}), got {threshold}"
         )
     target = slo.ratio("target")
+    min_changes = int(slo.number("min_changes", low=1, high=1e12, integer=True))
     burn_rates = []
     for item in slo.items("burn_rates"):
         severity = item.text("severity")
@@ -325,12 +351,29 @@ def load_config(path: Path) -> Config:
         item.done()
     slo.done()
 
-    sections = {}
-    for name in ("store_down", "exporter_down", "exporter_absent"):
-        sections[name] = top.child(name)
-    fors = {name: section.duration("for") for name, section in sections.items()}
-    for section in sections.values():
+    fors = {}
+    for name in (
+        "store_down",
+        "exporter_down",
+        "exporter_absent",
+        "future_timestamps",
+        "folded_label_values",
+    ):
+        section = top.child(name)
+        fors[name] = section.duration("for")
         section.done()
+
+    failures = top.child("collection_failures")
+    failures_window, failures_share = failures.duration("window"), failures.ratio("share")
+    failures_recent, failures_for = failures.duration("recent"), failures.duration("for")
+    failures.done()
+    if failures_recent >= failures_for:
+        raise ConfigError("collection_failures.recent: must be shorter than its for")
+
+    gaps = top.child("open_id_gaps")
+    gaps_limit = int(gaps.number("limit", low=1, high=1e9, integer=True))
+    gaps_for = gaps.duration("for")
+    gaps.done()
 
     config = Config(
         selector=selector,
@@ -338,14 +381,19 @@ def load_config(path: Path) -> Config:
         runbook_url=runbook_url,
         rate_window=top.duration("rate_window"),
         latency_quantiles=tuple(quantiles),
+        gap_tolerance=gap_tolerance,
+        keep_firing_for=keep_firing_for,
+        stall_window=stall_window,
+        stall_max_work_share=stall_share,
+        stall_for=stall_for,
         backlog_limit=backlog_limit,
+        backlog_limit_for=backlog_limit_for,
         backlog_window=backlog_window,
         backlog_growth_window=backlog_growth_window,
         backlog_tiers=backlog_tiers,
         freshness_tiers=freshness_tiers,
-        stall_window=stall_window,
-        stall_for=stall_for,
         error_ratio_window=error_ratio_window,
+        error_ratio_min_attempts=error_ratio_attempts,
         error_ratio_min_errors=error_ratio_min,
         error_ratio_tiers=error_ratio_tiers,
         error_code_window=code_window,
@@ -356,10 +404,19 @@ def load_config(path: Path) -> Config:
         error_code_for=code_for,
         latency_threshold=threshold,
         latency_target=target,
+        latency_min_changes=min_changes,
         burn_rates=tuple(burn_rates),
         store_down_for=fors["store_down"],
         exporter_down_for=fors["exporter_down"],
         exporter_absent_for=fors["exporter_absent"],
+        collection_failures_window=failures_window,
+        collection_failures_share=failures_share,
+        collection_failures_recent=failures_recent,
+        collection_failures_for=failures_for,
+        future_timestamps_for=fors["future_timestamps"],
+        folded_label_values_for=fors["folded_label_values"],
+        open_id_gaps_limit=gaps_limit,
+        open_id_gaps_for=gaps_for,
     )
     top.done()
     return config
@@ -415,12 +472,17 @@ class Builder:
         description: str,
         dashboard_url: str,
         extra_labels: Mapping[str, str] | None = None,
+        keep_firing: bool = False,
     ) -> Rule:
+        """An alert; ``keep_firing`` adds the configured keep_firing_for (alerts on data)."""
         labels = {"severity": severity, **(extra_labels or {})}
+        timing = {"for": str(self.d(for_))}
+        if keep_firing:
+            timing["keep_firing_for"] = str(self.d(self.c.keep_firing_for))
         return {
             "alert": name,
             "expr": expr,
-            "for": str(self.d(for_)),
+            **timing,
             "labels": labels,
             "annotations": {
                 "summary": summary,
@@ -479,7 +541,8 @@ class Builder:
                     "record": self.recorded(
                         "crmsync_sync_errors_per_attempts", "ratio_rate", window
                     ),
-                    "expr": f"{errors}\n/\n({errors} + {synced})",
+                    # an object whose every attempt failed has no synced series: ratio 1
+                    "expr": f"{errors}\n/\n({errors} + ({synced} or 0 * {errors}))",
                 },
             ]
         rng = self.d(rw)
@@ -547,11 +610,48 @@ class Builder:
     def where(self) -> str:
         return "{{ $labels.object }} changes {{ $labels.direction }} in store {{ $labels.store }}"
 
+    def held(self, aggregation: str, metric: str, by: str = BY) -> str:
+        """A gauge's last value within the gap tolerance: failed scrapes leave no hole."""
+        return (
+            f"{aggregation} by ({by}) "
+            f"(last_over_time({self.sel(metric)}[{self.d(self.c.gap_tolerance)}]))"
+        )
+
+    def increase(self, metric: str, window: Duration, by: str = BY) -> str:
+        return f"sum by ({by}) (increase({self.sel(metric)}[{self.d(window)}]))"
+
+    def attempts(self, window: Duration) -> str:
+        """Synced changes plus failed attempts: one selector, so either may be missing."""
+        both = '__name__=~"crmsync_records_synced_total|crmsync_sync_errors_total"'
+        return f"sum by ({BY}) (increase({{{both}, {self.c.selector}}}[{self.d(window)}]))"
+
+    def store_read(self) -> str:
+        """Alerts on a store's data hold only while the store was read within the tolerance."""
+        return (
+            "and on (store)\n"
+            f"max by (store) (max_over_time({self.sel('crmsync_up')}"
+            f"[{self.d(self.c.gap_tolerance)}])) == 1"
+        )
+
     def backlog_alerts(self) -> list[Rule]:
         c = self.c
-        name = "CrmSyncBacklogGrowing"
         pending = self.sel("crmsync_pending_records")
-        rules = []
+        rules = [
+            self.alert(
+                "CrmSyncBacklogTooLarge",
+                f"{self.held('sum', 'crmsync_pending_records')} > {c.backlog_limit}\n"
+                f"{self.store_read()}",
+                c.backlog_limit_for,
+                "critical",
+                summary="More changes of a CRM sync wait than its limit allows.",
+                description=(
+                    f"{{{{ $value | humanize }}}} {self.where()} wait to be synced, more than "
+                    f"the limit of {c.backlog_limit}."
+                ),
+                dashboard_url=self.object_dashboard(),
+                keep_firing=True,
+            )
+        ]
         for tier in c.backlog_tiers:
             expr = (
                 f"sum by ({BY}) (\n"
@@ -559,11 +659,12 @@ class Builder:
                 f"{self.secs(tier.limit)})\n"
                 f") > {c.backlog_limit}\n"
                 f"and on ({BY})\n"
-                f"sum by ({BY}) (deriv({pending}[{self.d(c.backlog_growth_window)}])) > 0"
+                f"sum by ({BY}) (deriv({pending}[{self.d(c.backlog_growth_window)}])) > 0\n"
+                f"{self.store_read()}"
             )
             rules.append(
                 self.alert(
-                    name,
+                    "CrmSyncBacklogGrowing",
                     expr,
                     tier.for_,
                     tier.severity,
@@ -575,20 +676,20 @@ class Builder:
                         f"{c.backlog_limit}."
                     ),
                     dashboard_url=self.object_dashboard(),
+                    keep_firing=True,
                 )
             )
         return rules
 
     def freshness_alerts(self) -> list[Rule]:
-        name = "CrmSyncOldestPendingTooOld"
-        age = self.recorded("crmsync_oldest_pending_age_seconds", "max")
+        age = self.held("max", "crmsync_oldest_pending_age_seconds")
         rules = []
         for tier in self.c.freshness_tiers:
             limit = tier.limit
             rules.append(
                 self.alert(
-                    name,
-                    f"{age} > {self.secs(limit)}",
+                    "CrmSyncOldestPendingTooOld",
+                    f"{age} > {self.secs(limit)}\n{self.store_read()}",
                     tier.for_,
                     tier.severity,
                     summary="A change waits longer than the sync freshness objective.",
@@ -597,45 +698,65 @@ class Builder:
                         f"{{{{ $value | humanizeDuration }}}}, longer than {self.d(limit)}."
                     ),
                     dashboard_url=self.object_dashboard(),
+                    keep_firing=True,
                 )
             )
         return rules
 
     def stall_alert(self) -> Rule:
         c = self.c
-        window = self.d(c.stall_window)
-        age = self.recorded("crmsync_oldest_pending_age_seconds", "max")
-        synced = self.sel("crmsync_records_synced_total")
+        window = c.stall_window
+        attempts = self.attempts(window)
+        synced = self.increase("crmsync_records_synced_total", window)
+        growth = f"sum by ({BY}) (delta({self.sel('crmsync_pending_records')}[{self.d(window)}]))"
+        # The engine's work (synced changes and failed attempts) against the changes that
+        # arrived (synced ones plus the backlog's growth): none in a full stall, a trickle in
+        # a near-stall. A record retried at night is work: the engine is alive.
         expr = (
-            f"{age} > {self.secs(c.stall_window)}\n"
+            f"{self.held('max', 'crmsync_oldest_pending_age_seconds')} > {self.secs(window)}\n"
             f"unless on ({BY})\n"
-            f"sum by ({BY}) (increase({synced}[{window}])) > 0"
+            f"(\n"
+            f"  {attempts}\n"
+            f"  > {num(c.stall_max_work_share)} * (\n"
+            f"    {growth}\n"
+            f"    + ({synced} or 0 * {growth})\n"
+            f"  )\n"
+            f")\n"
+            f"{self.store_read()}"
         )
         return self.alert(
             "CrmSyncStalled",
             expr,
             c.stall_for,
             "critical",
-            summary="A CRM sync has stalled: changes wait and none is synced.",
+            summary="A CRM sync has stalled: changes wait and (almost) none is synced.",
             description=(
-                f"No {self.where()} were synced in the last {window}, while the oldest "
-                f"waiting one has waited {{{{ $value | humanizeDuration }}}}."
+                f"The sync of {self.where()} has stalled: in the last {self.d(window)} the "
+                f"engine attempted at most {percent(c.stall_max_work_share)} as many changes "
+                "as arrived, and the oldest waiting one has waited "
+                "{{ $value | humanizeDuration }}."
             ),
             dashboard_url=self.object_dashboard(),
+            keep_firing=True,
         )
 
     def error_ratio_alerts(self) -> list[Rule]:
         c = self.c
         window = c.error_ratio_window
-        ratio = self.recorded("crmsync_sync_errors_per_attempts", "ratio_rate", window)
-        errors = self.sel("crmsync_sync_errors_total")
+        errors = self.increase("crmsync_sync_errors_total", window)
+        attempts = self.attempts(window)
         rules = []
         for tier in c.error_ratio_tiers:
             expr = (
-                f"{ratio} > {num(tier.ratio)}\n"
+                f"{errors}\n"
+                f"/\n"
+                f"{attempts}\n"
+                f"> {num(tier.ratio)}\n"
                 f"and on ({BY})\n"
-                f"sum by ({BY}) (increase({errors}[{self.d(window)}])) >= "
-                f"{c.error_ratio_min_errors}"
+                f"{attempts} >= {c.error_ratio_min_attempts}\n"
+                f"and on ({BY})\n"
+                f"{errors} >= {c.error_ratio_min_errors}\n"
+                f"{self.store_read()}"
             )
             rules.append(
                 self.alert(
@@ -650,6 +771,7 @@ class Builder:
                         f"(threshold {percent(tier.ratio)})."
                     ),
                     dashboard_url=self.dashboard("crmsync-errors", "store", "object"),
+                    keep_firing=True,
                 )
             )
         return rules
@@ -675,7 +797,8 @@ class Builder:
             f"and on ({by_code})\n"
             f"sum by ({by_code}) (increase({errors}[{window}])) >= {c.error_code_min_errors}\n"
             f"unless on ({by_code})\n"
-            f"{share(baseline, f' offset {window}')} >= {num(c.error_code_rare_share)}"
+            f"{share(baseline, f' offset {window}')} >= {num(c.error_code_rare_share)}\n"
+            f"{self.store_read()}"
         )
         return self.alert(
             "CrmSyncErrorCodeDominant",
@@ -689,6 +812,7 @@ class Builder:
                 f"{baseline} before, it made up less than {percent(c.error_code_rare_share)}."
             ),
             dashboard_url=self.dashboard("crmsync-errors", "store", "object", "error_code"),
+            keep_firing=True,
         )
 
     def burn_rate_alerts(self) -> list[Rule]:
@@ -700,7 +824,15 @@ class Builder:
             long = self.recorded("crmsync_sync_latency_within_objective", "ratio_rate", burn.long)
             short = self.recorded("crmsync_sync_latency_within_objective", "ratio_rate", burn.short)
             limit = f"({num(burn.factor)} * {budget})"
-            expr = f"(1 - {long}) > {limit}\nand on ({BY})\n(1 - {short}) > {limit}"
+            synced = self.increase("crmsync_sync_latency_seconds_count", burn.long)
+            expr = (
+                f"(1 - {long}) > {limit}\n"
+                f"and on ({BY})\n"
+                f"(1 - {short}) > {limit}\n"
+                f"and on ({BY})\n"
+                f"{synced} >= {c.latency_min_changes}\n"
+                f"{self.store_read()}"
+            )
             budget_spent = Duration(round(SLO_PERIOD.ms / burn.factor / 60_000) * 60_000)
             rules.append(
                 self.alert(
@@ -717,6 +849,7 @@ class Builder:
                     ),
                     dashboard_url=self.object_dashboard(),
                     extra_labels={"long": str(burn.long), "short": str(burn.short)},
+                    keep_firing=True,
                 )
             )
         return rules
@@ -724,10 +857,11 @@ class Builder:
     def exporter_alerts(self) -> list[Rule]:
         c = self.c
         status_store = self.dashboard("crmsync-status", "store")
+        up = f"last_over_time({self.sel('crmsync_up')}[{self.d(c.gap_tolerance)}])"
         return [
             self.alert(
                 "CrmSyncStoreDown",
-                f"{self.sel('crmsync_up')} == 0",
+                f"{up} == 0",
                 c.store_down_for,
                 "critical",
                 summary="The exporter cannot read a CRM sync store.",
@@ -763,6 +897,75 @@ class Builder:
             ),
         ]
 
+    def exporter_health_alerts(self) -> list[Rule]:
+        c = self.c
+        status_store = self.dashboard("crmsync-status", "store")
+        failures = "crmsync_collection_failures_total"
+        window = c.collection_failures_window
+        return [
+            self.alert(
+                "CrmSyncCollectionsFailing",
+                f"{self.increase(failures, window, 'store')}\n"
+                f"/\n"
+                f"{self.increase('crmsync_collections_total', window, 'store')}\n"
+                f"> {num(c.collection_failures_share)}\n"
+                # still failing now and then: after an outage, CrmSyncStoreDown said it all
+                f"and on (store)\n"
+                f"{self.increase(failures, c.collection_failures_recent, 'store')} > 0\n"
+                f"{self.store_read()}",
+                c.collection_failures_for,
+                "warning",
+                summary="Many collections from a CRM sync store fail.",
+                description=(
+                    "{{ $value | humanizePercentage }} of the collections from store "
+                    f"{{{{ $labels.store }}}} failed in the last {self.d(window)} (threshold "
+                    f"{percent(c.collection_failures_share)}): its numbers come in late "
+                    "and its gauges are missing now and then."
+                ),
+                dashboard_url=status_store,
+            ),
+            self.alert(
+                "CrmSyncFutureTimestamps",
+                f"{self.held('max', 'crmsync_future_timestamp_rows', 'store, table')} > 0",
+                c.future_timestamps_for,
+                "warning",
+                summary="Rows of a CRM sync store are stamped in the future.",
+                description=(
+                    "{{ $value | humanize }} rows of the {{ $labels.table }} table of store "
+                    "{{ $labels.store }} are stamped later than the database's clock: their "
+                    "ages and latencies read 0."
+                ),
+                dashboard_url=status_store,
+            ),
+            self.alert(
+                "CrmSyncLabelValuesFolded",
+                f"{self.held('max', 'crmsync_folded_label_values', 'store, label')} > 0",
+                c.folded_label_values_for,
+                "warning",
+                summary="Values of a CRM sync store are reported as other.",
+                description=(
+                    "{{ $value | humanize }} distinct {{ $labels.label }} values of store "
+                    '{{ $labels.store }} are reported as "other": over their cap or '
+                    "outside the configured mapping."
+                ),
+                dashboard_url=status_store,
+            ),
+            self.alert(
+                "CrmSyncOpenIdGaps",
+                f"{self.held('max', 'crmsync_open_id_gaps', 'store')} > {c.open_id_gaps_limit}",
+                c.open_id_gaps_for,
+                "warning",
+                summary="The exporter watches many id gaps of a CRM sync store.",
+                description=(
+                    "The exporter watches {{ $value | humanize }} id gaps of store "
+                    "{{ $labels.store }} for late commits (more than "
+                    f"{c.open_id_gaps_limit}); past 10000 per table it forgets the oldest, "
+                    "and rows committed into them go uncounted."
+                ),
+                dashboard_url=status_store,
+            ),
+        ]
+
     def alerting_groups(self) -> list[dict[str, Any]]:
         return [
             {
@@ -775,6 +978,7 @@ class Builder:
             },
             {"name": "crmsync-latency", "rules": self.burn_rate_alerts()},
             {"name": "crmsync-exporter", "rules": self.exporter_alerts()},
+            {"name": "crmsync-exporter-health", "rules": self.exporter_health_alerts()},
         ]
 
 

@@ -41,14 +41,12 @@ def classify(sql: str) -> str:
         return "clock" if "clock_timestamp" in text or "julianday" in text else "other"
     if "max(" in text:
         return f"{table}: newest id"
-    if "le_0" in text:
-        return f"{table}: startup aggregate"
     if "group by" in text and ">=" in text:
         return "last hour"
-    if "group by" in text:
-        return f"{table}: startup aggregate"
+    if "where id = " in text or ".id = " in text:
+        return f"{table}: last row read"
     if " between " in text:
-        return f"{table}: gap probe"
+        return f"{table}: newest ids or gap probe"
     if "order by" in text:
         return f"{table}: new rows"
     return f"{table}: other"
@@ -220,7 +218,7 @@ class Session:
         """Why a cycle of this store failed (the store is then left out)."""
 
     def first(self, runs: int, progress: Callable[[str], None]) -> None:
-        """``runs`` first collections, each by a new collector (new connection, start-up reads)."""
+        """``runs`` first collections, each by a new collector (new connection, newest ids)."""
         for run in range(runs):
             if self._collector is not None:
                 self._collector.close()

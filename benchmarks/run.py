@@ -537,6 +537,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer-venv", type=Path, default=peer.DEFAULT_VENV)
     parser.add_argument("--sqlite-dir", type=Path, default=None, help="where SQLite stores go")
     parser.add_argument("--stages", default="", help="only these stores, e.g. p10k_h100k,p1M_h100k")
+    parser.add_argument(
+        "--no-serve", action="store_true", help="skip the exporter process (scrapes, memory)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
     parser.add_argument("--reuse", action="store_true", help="reuse stores kept by --keep")
     parser.add_argument("--output", type=Path, default=None, help="write the report here")
@@ -554,6 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stages=tuple(size for size in plan.stages if size.key in wanted),
             sqlite_stages=tuple(size for size in plan.sqlite_stages if size.key in wanted),
         )
+    if args.no_serve:
+        plan = replace(plan, serve_stage=Size.of(0, 0))
     postgres: PostgresStores | None = None
     if not args.no_postgres:
         try:

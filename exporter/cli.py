@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import re
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -29,6 +30,7 @@ from exporter.http import ExporterHTTPServer
 from exporter.logs import setup_logging
 from exporter.metrics import SyncStoreCollector
 from exporter.runner import StoreRunner
+from exporter.sharding import Shard, ShardInfo
 from exporter.web_config import WebConfig, load_web_config
 
 DEFAULT_PORT = 9312
@@ -77,6 +79,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="exporter-toolkit web configuration: TLS and basic auth",
     )
     parser.add_argument(
+        "--shard.index",
+        dest="shard_index",
+        default="0",
+        metavar="I",
+        help="collect only shard I (from 0) of the stores (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shard.count",
+        dest="shard_count",
+        default="1",
+        metavar="N",
+        help="the number of shards the stores are split into (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log.level",
         dest="log_level",
         choices=["debug", "info", "warn", "error"],
@@ -100,9 +116,28 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def build_runners(config: Config) -> list[StoreRunner]:
+def parse_shard(index: str, count: str) -> Shard:
+    """The shard flags' values, checked (they often come from a pod spec's variables)."""
+    for flag, value in (("--shard.count", count), ("--shard.index", index)):
+        if not re.fullmatch(r"-?[0-9]+", value):
+            hint = (
+                " (Kubernetes leaves $(NAME) as it is when the container has no variable NAME)"
+                if value.startswith("$(")
+                else ""
+            )
+            raise UsageError(f"{flag} {value!r}: expected a whole number{hint}")
+    try:
+        return Shard(int(index), int(count))
+    except ValueError as error:
+        raise UsageError(f"--shard.index {index} --shard.count {count}: {error}") from None
+
+
+def build_runners(config: Config, shard: Shard) -> list[StoreRunner]:
+    """A runner for each store of the shard; a store's errors name its place in the file."""
     runners = []
     for index, store in enumerate(config.stores):
+        if not shard.keeps(store):
+            continue
         try:
             runners.append(StoreRunner(StoreCollector(store)))
         except (NoSuchModuleError, UnsupportedDatabaseError, ArgumentError) as error:
@@ -115,7 +150,11 @@ def build_runners(config: Config) -> list[StoreRunner]:
 
 
 def make_server(
-    address: str, telemetry_path: str, web_config: WebConfig, registry: CollectorRegistry
+    address: str,
+    telemetry_path: str,
+    web_config: WebConfig,
+    registry: CollectorRegistry,
+    ready: Callable[[], bool],
 ) -> ExporterHTTPServer:
     host, port = parse_listen_address(address)
     server_class = ExporterHTTPServer
@@ -126,7 +165,7 @@ def make_server(
 
         server_class = _IPv6Server
     try:
-        return server_class((host, port), registry, telemetry_path, web_config)
+        return server_class((host, port), registry, telemetry_path, web_config, ready)
     except OSError as error:
         raise UsageError(f"--web.listen-address {address!r}: {error.strerror}") from None
 
@@ -134,30 +173,56 @@ def make_server(
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config_file)
     web_config = load_web_config(args.web_config_file) if args.web_config_file else WebConfig()
+    shard = parse_shard(args.shard_index, args.shard_count)
     if args.config_check:
         # Building the engines (without connecting) also checks drivers and password sources.
-        for runner in build_runners(config):
+        for runner in build_runners(config, shard):
             runner.collector.close()
         names = ", ".join(store.name for store in config.stores)
         print(f"{args.config_file}: valid, {len(config.stores)} store(s): {names}")
+        if shard.count > 1:
+            kept = shard.select(config.stores)
+            kept_names = ", ".join(store.name for store in kept) or "none"
+            print(f"{shard}: {len(kept)} store(s): {kept_names}")
         return 0
 
-    runners = build_runners(config)
+    runners = build_runners(config, shard)
     registry = CollectorRegistry(auto_describe=False)
     store_metrics = SyncStoreCollector(lambda: [runner.state for runner in runners])
     registry.register(store_metrics)
+    registry.register(ShardInfo(shard))
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
-    server = make_server(args.listen_address, args.telemetry_path, web_config, registry)
+
+    # Stores whose first collection (or failure) /metrics already shows. Ready once that is
+    # every store: from then on /metrics tells the truth about each (crmsync_up says which
+    # could not be read).
+    published: set[str] = set()
+
+    def ready() -> bool:
+        return len(published) == len(runners)
+
+    def publish(store: str) -> None:
+        # Write each collection's metrics once, before any scrape asks for them.
+        server.exposition.refresh(store_metrics)
+        published.add(store)
+
+    server = make_server(args.listen_address, args.telemetry_path, web_config, registry, ready)
 
     # A scrape is short and waits on sockets; a collection cycle computes for tens of
     # milliseconds. Handing the interpreter over every millisecond rather than every five
     # keeps scrapes from queueing behind it.
     sys.setswitchinterval(0.001)
     allocator.limit_arenas()
-    for runner, store in zip(runners, config.stores, strict=True):
-        # Write each collection's metrics once, before any scrape asks for them.
-        runner.after_cycle = functools.partial(server.exposition.refresh, store_metrics)
+    # A shard may be empty (more shards than stores): it still serves its self-metrics.
+    log.log(
+        logging.INFO if runners else logging.WARNING,
+        f"kept {len(runners)} of {len(config.stores)} stores",
+        extra={"shard_index": shard.index, "shard_count": shard.count},
+    )
+    for runner in runners:
+        store = runner.collector.config
+        runner.after_cycle = functools.partial(publish, store.name)
         log.info(
             "collecting",
             extra={"store": store.name, "url": store.display_url(), "interval": store.interval},

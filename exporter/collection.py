@@ -18,7 +18,7 @@ from exporter.dialects import configure_engine, connect_arguments, interrupt_con
 from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.queries import StoreQueries, build_queries
-from exporter.tally import LATENCY_BUCKETS, Counter, Histogram, HistogramValue
+from exporter.tally import LATENCY_BUCKETS, Counter, Debuts, Histogram, HistogramValue
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ ErrorSeries = tuple[str, str, str, str]
 """(object, operation, direction, error_code) label values."""
 HourSeries = tuple[str, str]
 """(object, direction) label values."""
+# Late rows are logged at most this often per table (the self-metric counts every one).
+LATE_WARNING_EVERY = 600.0
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,17 @@ class Gauges:
 
 @dataclass(frozen=True)
 class Totals:
-    """Counter values: every row the exporter has counted in the store."""
+    """Counter values: the changes counted since the exporter started reading the store.
+
+    Empty until the first successful read: a store down at start has no counters yet.
+    """
 
     synced: dict[Series, int] = field(default_factory=dict)
     latency: dict[Series, HistogramValue] = field(default_factory=dict)
     errors: dict[ErrorSeries, int] = field(default_factory=dict)
     open_gaps: int = 0
+    late_rows: dict[str, int] = field(default_factory=dict)
+    """Rows counted late per table role (status-table layout only)."""
 
 
 class _HistorySink:
@@ -65,21 +72,11 @@ class _HistorySink:
         self.synced: Counter[Series] = Counter()
         self.latency: Histogram[Series] = Histogram()
 
-    def add_aggregate(self, row: AnyRow) -> None:
-        series = self._labels.series(row[0], row[1], row[2])
-        self.synced.add(series, int(row.rows))
-        if row.bucket >= 0:
-            self.latency.add_bucket(series, int(row.bucket), int(row.rows), float(row.latency_sum))
-
     def add_row(self, row: AnyRow) -> None:
         series = self._labels.series(row[1], row[2], row[3])
         self.synced.add(series)
         if row.latency is not None:
             self.latency.observe(series, float(row.latency))
-
-    def reset(self) -> None:
-        self.synced.clear()
-        self.latency.clear()
 
 
 class _ErrorSink:
@@ -87,19 +84,9 @@ class _ErrorSink:
         self._labels = labels
         self.errors: Counter[ErrorSeries] = Counter()
 
-    def add_aggregate(self, row: AnyRow) -> None:
-        self.errors.add(self._series(row[0], row[1], row[2], row[3]), int(row.rows))
-
     def add_row(self, row: AnyRow) -> None:
-        self.errors.add(self._series(row[1], row[2], row[3], row[4]))
-
-    def reset(self) -> None:
-        self.errors.clear()
-
-    def _series(
-        self, obj: object, operation: object, direction: object, code: object
-    ) -> ErrorSeries:
-        return (*self._labels.series(obj, operation, direction), self._labels.error_codes(code))
+        series = self._labels.series(row[1], row[2], row[3])
+        self.errors.add((*series, self._labels.error_codes(row[4])))
 
 
 class CollectionError(Exception):
@@ -228,36 +215,24 @@ class LastHourCache:
 class StoreCollector:
     """Owns one store's connection and running totals; ``collect`` runs one cycle."""
 
-    def __init__(self, config: StoreConfig, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        config: StoreConfig,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.engine = engine or make_engine(config)
         self.labels = StoreLabels(config)
         self.queries = build_queries(config, self.engine.dialect.name)
-        self._history = _HistorySink(self.labels)
-        self._errors = _ErrorSink(self.labels)
-        self._feeds: list[IdFeed | MomentFeed]
-        if self.queries.append_only:
-            # Start-up slices aim at a quarter of the query timeout, whatever the database's speed.
-            slice_seconds = config.query_timeout / 4
-            self._feeds = [
-                IdFeed(
-                    self.queries.history,
-                    self._history,
-                    config.settle_time,
-                    slice_seconds=slice_seconds,
-                ),
-                IdFeed(
-                    self.queries.errors,
-                    self._errors,
-                    config.settle_time,
-                    slice_seconds=slice_seconds,
-                ),
-            ]
-        else:
-            self._feeds = [
-                MomentFeed(self.queries.history, self._history, config.settle_time),
-                MomentFeed(self.queries.errors, self._errors, config.settle_time),
-            ]
+        self._clock = clock
+        self._start_reading()
+        self._read_once = False
+        """Whether a collection has succeeded: no counter is served before."""
+        self._cycles = 0
+        self._series_debuts: Debuts[Series] = Debuts(config.new_counter_hold)
+        self._error_debuts: Debuts[ErrorSeries] = Debuts(config.new_counter_hold)
+        self._late_logged: dict[str, tuple[float, int]] = {}
         self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
         self.query_seconds: dict[str, float] = {}
         # Long enough for any statement the server lets run (query_timeout) and its result.
@@ -270,6 +245,23 @@ class StoreCollector:
         event.listen(self.engine, "close_detached", self._closed)
         event.listen(self.engine, "checkout", lambda *_: self._watchdog.progress())
         event.listen(self.engine, "after_cursor_execute", lambda *_: self._watchdog.progress())
+
+    def _start_reading(self) -> None:
+        """Counters at zero, feeds to take their position at the next read."""
+        self._history = _HistorySink(self.labels)
+        self._errors = _ErrorSink(self.labels)
+        self._feeds: list[IdFeed | MomentFeed]
+        settle_time = self.config.settle_time
+        if self.queries.append_only:
+            self._feeds = [
+                IdFeed(self.queries.history, self._history, settle_time),
+                IdFeed(self.queries.errors, self._errors, settle_time),
+            ]
+        else:
+            self._feeds = [
+                MomentFeed(self.queries.history, self._history, settle_time),
+                MomentFeed(self.queries.errors, self._errors, settle_time),
+            ]
 
     def _connected(self, dbapi_connection: Any, *_: Any) -> None:
         self._connections.append(dbapi_connection)
@@ -289,14 +281,21 @@ class StoreCollector:
     def collect(self) -> Gauges:
         """Run every query once; raise CollectionError naming the step that failed."""
         self._watchdog.arm()
+        self._cycles += 1
         try:
-            return self._collect()
+            gauges = self._collect()
         except CollectionError as error:
+            if not self._read_once:
+                # Counters start with the first successful read, whatever a failed one saw.
+                self._start_reading()
             if self._watchdog.fired:
                 raise error from DatabaseSilentError(self._watchdog.silence)
             raise
         finally:
             self._watchdog.disarm()
+        self._read_once = True
+        self._log_late_rows()
+        return gauges
 
     def _collect(self) -> Gauges:
         timings: dict[str, float] = {}
@@ -344,14 +343,56 @@ class StoreCollector:
         )
 
     def totals(self) -> Totals:
-        """A copy of the counters, safe to hand to another thread."""
+        """A copy of the counters, safe to hand to another thread.
+
+        A series seen for the first time reads 0 for a while (see ``Debuts``).
+        """
+        if not self._read_once:
+            return Totals()
+        now = self._clock()
         synced = self._history.synced.values()
         latency = self._history.latency.values()
         for series in self.labels.zero_filled():
             synced.setdefault(series, 0)
-            latency.setdefault(series, HistogramValue.empty(len(LATENCY_BUCKETS)))
+        empty = HistogramValue.empty(len(LATENCY_BUCKETS))
+        for series in synced:
+            if self._series_debuts.held(series, self._cycles, now):
+                synced[series] = 0
+                latency[series] = empty
+            else:
+                latency.setdefault(series, empty)
+        errors = {
+            series: 0 if self._error_debuts.held(series, self._cycles, now) else count
+            for series, count in self._errors.errors.values().items()
+        }
         open_gaps = sum(len(feed.gaps) for feed in self._feeds if isinstance(feed, IdFeed))
-        return Totals(synced, latency, self._errors.errors.values(), open_gaps)
+        late_rows = {
+            name: feed.late_rows
+            for name, feed in zip(("history", "errors"), self._feeds, strict=True)
+            if isinstance(feed, MomentFeed)
+        }
+        return Totals(synced, latency, errors, open_gaps, late_rows)
+
+    def _log_late_rows(self) -> None:
+        """Say when rows arrive later than settle_time: later still, they would be missed."""
+        now = self._clock()
+        for name, feed in zip(("history", "errors"), self._feeds, strict=True):
+            if not isinstance(feed, MomentFeed):
+                continue
+            logged_at, logged_rows = self._late_logged.get(name, (-LATE_WARNING_EVERY, 0))
+            if feed.late_rows > logged_rows and now - logged_at >= LATE_WARNING_EVERY:
+                log.warning(
+                    "rows became visible stamped more than settle_time ago: counted, but rows "
+                    "later than twice settle_time are missed; raise settle_time",
+                    extra={
+                        "store": self.config.name,
+                        "table": getattr(self.queries, name).source.fullname,
+                        "rows": feed.late_rows - logged_rows,
+                        "lateness": round(feed.latest_lateness, 3),
+                        "settle_time": self.config.settle_time,
+                    },
+                )
+                self._late_logged[name] = (now, feed.late_rows)
 
     def close(self) -> None:
         self._watchdog.close()

@@ -69,6 +69,9 @@ MAX_SECONDS = 7 * 86400.0
 Seconds = Annotated[
     float, BeforeValidator(_parse_duration), Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)
 ]
+SecondsOrZero = Annotated[
+    float, BeforeValidator(_parse_duration), Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+]
 
 
 def _check_identifier(value: str) -> str:
@@ -237,6 +240,9 @@ class StoreConfig(_Frozen):
     # How long a writer's transaction may stay open: rows that commit later than this
     # after a newer row was seen may be missed; smaller values re-check less.
     settle_time: Seconds = 300.0
+    # How long a counter series seen for the first time reads 0 before it counts: every
+    # Prometheus scraping the exporter must see the 0, or increase() misses the first step.
+    new_counter_hold: SecondsOrZero = 60.0
     objects: tuple[str, ...] = ("lead", "contact", "account", "opportunity")
     operations: LabelMapping = {"insert": ("insert",), "update": ("update",)}
     directions: LabelMapping = {"to_crm": ("to_crm",), "from_crm": ("from_crm",)}

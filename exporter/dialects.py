@@ -8,9 +8,24 @@ import os
 import socket
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from sqlalchemy import Float, event, func, literal_column, type_coerce
+from sqlalchemy import (
+    Float,
+    Integer,
+    String,
+    and_,
+    cast,
+    event,
+    func,
+    literal,
+    literal_column,
+    not_,
+    or_,
+    type_coerce,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -36,6 +51,76 @@ def _epoch_seconds(dialect: str, timestamp: ColumnElement[Any]) -> ColumnElement
     raise UnsupportedDatabaseError(dialect)
 
 
+Comparison = Literal["<", "<=", ">", ">="]
+_COMPARE: dict[Comparison, Callable[[ColumnElement[Any], Any], ColumnElement[bool]]] = {
+    "<": lambda left, right: left < right,
+    "<=": lambda left, right: left <= right,
+    ">": lambda left, right: left > right,
+    ">=": lambda left, right: left >= right,
+}
+# SQLite text may carry a UTC offset, and real zones lie within 14 hours of UTC: the text of
+# a stamp is never further than that from the text of its instant in UTC.
+_MAX_UTC_OFFSET = timedelta(hours=14)
+# julianday() reads text to the nearest millisecond, and its double drifts by some
+# microseconds more: nearer than this to a bound, only the exact reading can decide.
+_JULIANDAY_ERROR_DAYS = 0.002 / 86400
+_UNIX_EPOCH_JULIAN_DAY = 2440587.5
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def compare_instant(
+    dialect: str, timestamp: ColumnElement[Any], comparison: Comparison, moment: datetime
+) -> ColumnElement[bool]:
+    """``timestamp <comparison> moment`` between instants, through an index on ``timestamp``.
+
+    ``moment`` is aware or naive UTC. PostgreSQL, MySQL and MariaDB compare their timestamp
+    types by instant already. SQLite compares text with text, where `09:00:00` sorts before
+    `09:00:00.000000`, `T` after a space, and an offset is just more characters.
+    """
+    compare = _COMPARE[comparison]
+    naive = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    if dialect != "sqlite":
+        return compare(timestamp, naive)
+    after = comparison in (">", ">=")
+    # The index narrows the rows down by text. The text bound lies beyond any offset and a
+    # second further, with the separator that sorts first (a space) for a lower bound and last
+    # (`T`) for an upper one: no text of a stamp on the right side falls outside it.
+    if after:
+        text_bound = (naive - _MAX_UTC_OFFSET - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+        near = type_coerce(timestamp, String) > literal(text_bound, String)
+    else:
+        text_bound = (naive + _MAX_UTC_OFFSET + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        near = type_coerce(timestamp, String) < literal(text_bound, String)
+    # Then julianday() settles every stamp but those within its error of the bound, which the
+    # exact reading decides. Most stamps read lie before the bound (the past): each of those
+    # costs one julianday() call, whichever the comparison.
+    micros = (naive.replace(tzinfo=UTC) - _UNIX_EPOCH) // timedelta(microseconds=1)
+    julian_day = micros / 86_400_000_000 + _UNIX_EPOCH_JULIAN_DAY
+    clearly_before = func.julianday(timestamp) < julian_day - _JULIANDAY_ERROR_DAYS
+    clearly_after = func.julianday(timestamp) > julian_day + _JULIANDAY_ERROR_DAYS
+    exact = compare(_sqlite_epoch_micros(timestamp), micros)
+    if after:
+        return and_(near, not_(clearly_before), or_(clearly_after, exact))
+    return and_(near, or_(clearly_before, and_(not_(clearly_after), exact)))
+
+
+def _sqlite_epoch_micros(timestamp: ColumnElement[Any]) -> ColumnElement[int]:
+    """Microseconds since 1970 of ISO 8601 text, as integers: exact where julianday rounds.
+
+    The text is `YYYY-MM-DD?HH:MM:SS`, then maybe a fraction of any length, then maybe an
+    offset (`Z`, `+HH:MM`): whole seconds are read with the offset and the fraction apart.
+    """
+    rest = func.substr(timestamp, 20)
+    offset = func.ltrim(rest, ".0123456789")
+    fraction = func.substr(func.substr(rest, 1, func.length(rest) - func.length(offset)), 2)
+    whole_seconds = func.strftime("%s", func.substr(timestamp, 1, 19).concat(offset))
+    return type_coerce(
+        cast(whole_seconds, Integer) * 1_000_000
+        + cast(func.substr(fraction.concat("000000"), 1, 6), Integer),
+        Integer,
+    )
+
+
 def now_epoch_seconds(dialect: str) -> ColumnElement[float]:
     """The database's own clock, in seconds since 1970."""
     return type_coerce(_now_epoch_seconds(dialect), Float)
@@ -48,7 +133,9 @@ def _now_epoch_seconds(dialect: str) -> ColumnElement[Any]:
     if dialect in ("mysql", "mariadb"):
         return func.unix_timestamp(literal_column("CURRENT_TIMESTAMP(6)"))
     if dialect == "sqlite":
-        return (func.julianday("now") - 2440587.5) * 86400.0
+        # 'now' is kept to the millisecond: rounding drops julianday's drift, so that a row
+        # stamped in the same millisecond compares equal to it, not later.
+        return func.round((func.julianday("now") - 2440587.5) * 86400.0, 3)
     raise UnsupportedDatabaseError(dialect)
 
 

@@ -1,62 +1,58 @@
-"""Reading only what is new in an append-only table, exactly once, however writers commit.
+"""Reading what becomes visible in a table after the exporter starts, exactly once.
 
-A counter must equal the store's count of rows, yet a cycle must not re-count the
-whole history. Two strategies, one per layout:
+Counters count the changes that become visible while the exporter reads a store, never the
+history already there (see "Counters" in the README). A cycle must not re-read the whole
+table either. Two strategies, one per layout:
 
-- ``IdFeed`` (the three-table layout): ids grow, so each cycle reads ``id > last``.
-  Concurrent writers commit out of id order: a row with a smaller id may become
-  visible after a larger one was read. The ids skipped over are remembered as
-  *gaps* and probed each cycle until they fill or ``settle_time`` passes (ids
-  lost to rolled-back transactions never fill).
-- ``MomentFeed`` (the status-table layout): rows change status in place, so
-  their ids say nothing about when they became synced or failed. Each cycle
-  re-reads the rows stamped within the last ``settle_time`` and counts those
-  whose (id, timestamp) it has not seen yet.
+- ``IdFeed`` (the three-table layout): ids grow, so each cycle reads ``id > last``. On start
+  it takes the newest id as its position without reading the history; the ids missing just
+  below it (transactions still open at that moment, or rolled back) are watched as *gaps*.
+  Concurrent writers commit out of id order: a row with a smaller id may become visible
+  after a larger one was read, so the ids skipped over are gaps too. Gaps are probed each
+  cycle until they fill or ``settle_time`` passes (ids lost to rolled-back transactions
+  never fill). Each cycle also looks up the last row read: when it is gone or carries
+  another timestamp, the table was truncated, restored from a backup or recreated (even if
+  refilled past the position since). The feed then takes the newest id as its position and
+  counts the rows near it that it has not read before and that are stamped after its
+  previous read (less ``settle_time``): those the new table received since then.
+- ``MomentFeed`` (the status-table layout): rows change status in place, so their ids say
+  nothing about when they became synced or failed. Each cycle re-reads the rows stamped
+  within the last two ``settle_time`` and counts those whose (id, timestamp) it has not seen
+  yet; on start, the rows already there are marked seen without being counted. A row that
+  becomes visible stamped more than ``settle_time`` ago is counted and reported as *late*;
+  one stamped more than twice ``settle_time`` ago cannot be found without scanning the table.
 
-On start both count everything older than their window with one aggregate query,
-then proceed row by row: a restart re-reads the totals from the store.
+Neither ever lowers what it delivered: totals only grow during the exporter's life.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row, and_
+from sqlalchemy import Connection, Row
 
 from exporter.queries import ChangeFeedQueries
 
 AnyRow = Row[*tuple[Any, ...]]
 
-# On start, rows with ids this close to the newest are read one by one, so that
-# transactions still open at that moment leave gaps that are watched.
-STARTUP_TAIL_IDS = 10_000
-# The start-up totals are read a slice of ids at a time: ten million rows take seconds to read,
-# and one statement over all of them would outlast the query timeout on a large store. Each
-# slice is sized from the speed of the one before, to take ``slice_seconds``.
-STARTUP_SLICE_IDS = 100_000
-"""The first slice."""
-STARTUP_SLICE_LIMITS = (10_000, 10_000_000)
+# On start (and when ids go backwards), the rows with ids this close to the newest are read
+# one by one: transactions still open at that moment leave gaps that are watched.
+TAIL_IDS = 10_000
 PAGE_ROWS = 20_000
 GAP_RANGES_PER_QUERY = 200
 MAX_OPEN_GAPS = 10_000
 
 
 class FeedSink(Protocol):
-    """Where a feed delivers what it read."""
-
-    def add_aggregate(self, row: AnyRow) -> None:
-        """A GROUP BY row of ``ChangeFeedQueries.aggregate``."""
+    """Where a feed delivers the rows it counts."""
 
     def add_row(self, row: AnyRow) -> None:
-        """One new row of the table."""
-
-    def reset(self) -> None:
-        """Forget every total: the table was emptied or replaced."""
+        """One row that became visible since the previous read."""
 
 
 @dataclass
@@ -110,46 +106,84 @@ class IdFeed:
         sink: FeedSink,
         settle_time: float,
         clock: Callable[[], float] = time.monotonic,
-        slice_seconds: float = 2.5,
     ) -> None:
         self._queries = queries
         self._sink = sink
         self._settle_time = settle_time
         self._clock = clock
-        self._slice_seconds = slice_seconds
         self._last_id: int | None = None
+        self._last_moment: float | None = None
+        """The timestamp of the row at ``_last_id``, to tell it from another with its id."""
+        self._read_at: float | None = None
+        """The database's clock at the previous read."""
+        # Rows read that a re-read after ids went backwards could count (id -> timestamp):
+        # those stamped within settle_time of the last read, at most a tail's worth.
+        self._recent: dict[int, float] = {}
         self.gaps = GapSet()
 
     def read(self, connection: Connection, db_now: float) -> None:
-        del db_now  # ids, not timestamps, decide what is new here
         newest = connection.execute(self._queries.max_id()).scalar()
-        if self._last_id is None or self._replaced(newest):
-            self._start(connection, newest)
+        if self._last_id is None:
+            self._take_position(connection, newest or 0, count_since=None)
+        elif newest is None:
+            # Emptied (truncated, or purged to the last row): what was open below the
+            # position can no longer commit, and new rows come above it or, with their ids
+            # restarted, below it (then caught as ids going backwards).
+            self.gaps = GapSet()
+        elif self._replaced(connection, newest):
+            assert self._read_at is not None
+            self._take_position(connection, newest, count_since=self._read_at - self._settle_time)
         self._probe_gaps(connection)
         self._read_new(connection)
         self.gaps.expire(self._clock() - self._settle_time)
+        self._read_at = db_now
+        horizon = db_now - self._settle_time
+        self._recent = {row_id: at for row_id, at in self._recent.items() if at >= horizon}
 
-    def _replaced(self, newest: int | None) -> bool:
-        """The table holds fewer ids than already read: restored, truncated or recreated."""
+    def _replaced(self, connection: Connection, newest: int) -> bool:
+        """The last row read is gone or another: truncated, restored from a backup, recreated."""
         assert self._last_id is not None
-        return (newest or 0) < self._last_id
+        if newest < self._last_id:
+            return True
+        if self._last_id == 0:
+            return False  # nothing read yet: the table was empty at start
+        row = connection.execute(self._queries.row_moment(self._last_id)).first()
+        return row is None or _moment(row) != self._last_moment
 
-    def _start(self, connection: Connection, newest: int | None) -> None:
-        self._sink.reset()
+    def _take_position(
+        self, connection: Connection, newest: int, count_since: float | None
+    ) -> None:
+        """Continue after ``newest``; ids missing just below it are watched as gaps.
+
+        With ``count_since``, the rows near ``newest`` stamped at or after it that were not
+        read before (same id, same timestamp) are counted now: the table was replaced, and
+        they arrived since.
+        """
         self.gaps = GapSet()
-        settled = max(0, (newest or 0) - STARTUP_TAIL_IDS)
-        if settled > 0:
-            low = int(connection.execute(self._queries.min_id()).scalar() or 1) - 1
-            size = STARTUP_SLICE_IDS
-            while low < settled:
-                high = min(settled, low + size)
-                id_range = and_(self._queries.id > low, self._queries.id <= high)
-                started = time.monotonic()
-                for row in connection.execute(self._queries.aggregate(id_range)):
-                    self._sink.add_aggregate(row)
-                size = _next_slice(size, time.monotonic() - started, self._slice_seconds)
-                low = high
-        self._last_id = settled
+        low = max(0, newest - TAIL_IDS)
+        now = self._clock()
+        expected = low + 1
+        rows: Iterable[AnyRow] = ()
+        if newest > low:
+            rows = connection.execute(self._queries.rows_in_ranges([(low + 1, newest)])).all()
+        for row in sorted(rows, key=lambda row: int(row[0])):
+            row_id = int(row[0])
+            if row_id > expected:
+                self.gaps.open(expected, row_id - 1, now)
+            expected = row_id + 1
+            moment = _moment(row)
+            if (
+                count_since is not None
+                and moment is not None
+                and moment >= count_since
+                and (row_id not in self._recent or self._recent[row_id] != moment)
+            ):
+                self._sink.add_row(row)
+            self._remember(row_id, moment)
+            self._last_moment = moment
+        if expected <= newest:
+            self.gaps.open(expected, newest, now)
+        self._last_id = newest
 
     def _probe_gaps(self, connection: Connection) -> None:
         ranges = self.gaps.ranges()
@@ -158,7 +192,7 @@ class IdFeed:
             rows = connection.execute(self._queries.rows_in_ranges(chunk)).all()
             for row in rows:
                 if self.gaps.fill(row[0]):
-                    self._sink.add_row(row)
+                    self._deliver(int(row[0]), row)
 
     def _read_new(self, connection: Connection) -> None:
         assert self._last_id is not None
@@ -170,9 +204,22 @@ class IdFeed:
                 if row_id > self._last_id + 1:
                     self.gaps.open(self._last_id + 1, row_id - 1, now)
                 self._last_id = row_id
-                self._sink.add_row(row)
+                self._last_moment = _moment(row)
+                self._deliver(row_id, row)
             if len(rows) < PAGE_ROWS:
                 return
+
+    def _deliver(self, row_id: int, row: AnyRow) -> None:
+        self._sink.add_row(row)
+        self._remember(row_id, _moment(row))
+
+    def _remember(self, row_id: int, moment: float | None) -> None:
+        if moment is None:
+            return  # never counted by its timestamp, so never counted twice by it
+        self._recent.pop(row_id, None)
+        self._recent[row_id] = moment
+        if len(self._recent) > TAIL_IDS:
+            del self._recent[next(iter(self._recent))]  # the first read of those kept
 
 
 class MomentFeed:
@@ -184,37 +231,41 @@ class MomentFeed:
         self._settle_time = settle_time
         self._since: datetime | None = None
         self._seen: dict[tuple[Any, float], float] = {}
+        self.late_rows = 0
+        """Rows counted that were stamped more than ``settle_time`` before they became visible."""
+        self.latest_lateness = 0.0
+        """Seconds between stamp and visibility of the latest late row."""
 
     def read(self, connection: Connection, db_now: float) -> None:
-        window_start = utc_datetime(db_now - self._settle_time)
-        if self._since is None:
-            self._sink.reset()
-            self._seen.clear()
-            for row in connection.execute(
-                self._queries.aggregate(self._queries.moment < window_start)
-            ):
-                self._sink.add_aggregate(row)
-            self._since = window_start
-        for row in connection.execute(self._queries.rows_since(self._since)):
-            if row.moment is None:
+        # Read two settle times back: rows stamped in the older one are late but still found.
+        lookback = utc_datetime(db_now - 2 * self._settle_time)
+        on_time = db_now - self._settle_time
+        first = self._since is None
+        # Never back: a database clock set back must not bring forgotten rows in again.
+        since = lookback if self._since is None else max(self._since, lookback)
+        for row in connection.execute(self._queries.rows_since(since)):
+            moment = _moment(row)
+            if moment is None:
                 continue  # text that is no timestamp (SQLite): cannot be placed in time
-            key = (row[0], float(row.moment))
-            if key not in self._seen:
-                self._seen[key] = key[1]
-                self._sink.add_row(row)
-        self._since = max(self._since, window_start)
+            key = (row[0], moment)
+            if key in self._seen:
+                continue
+            self._seen[key] = moment
+            if first:
+                continue  # there before the exporter started reading: not counted
+            self._sink.add_row(row)
+            if moment < on_time:
+                self.late_rows += 1
+                self.latest_lateness = db_now - moment
+        self._since = since
         # Keep a second's margin: the SQL bound and these floats may round differently.
-        horizon = self._since.replace(tzinfo=UTC).timestamp() - 1.0
+        horizon = since.replace(tzinfo=UTC).timestamp() - 1.0
         self._seen = {key: moment for key, moment in self._seen.items() if moment >= horizon}
 
 
-def _next_slice(size: int, seconds: float, target: float) -> int:
-    """Ids for the next start-up slice: ``target`` seconds at the last one's speed."""
-    if seconds <= 0:
-        return min(size * 4, STARTUP_SLICE_LIMITS[1])
-    wanted = int(size * target / seconds)
-    low, high = STARTUP_SLICE_LIMITS
-    return max(low, min(high, size * 4, max(size // 4, wanted)))
+def _moment(row: AnyRow) -> float | None:
+    moment = row.moment
+    return None if moment is None else float(moment)
 
 
 def utc_datetime(epoch: float) -> datetime:

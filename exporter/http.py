@@ -1,4 +1,4 @@
-"""The HTTP endpoint: /metrics for Prometheus, a landing page, and nothing else."""
+"""The HTTP endpoint: /metrics for Prometheus, a landing page, health and readiness."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -70,8 +71,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/":
             body = _LANDING.format(path=self.server.telemetry_path).encode()
             self._reply(200, body, "text/html; charset=utf-8", head=head)
-        elif path in ("/-/healthy", "/-/ready"):
+        elif path == "/-/healthy":
             self._reply(200, b"OK\n", head=head)
+        elif path == "/-/ready":
+            if self.server.ready():
+                self._reply(200, b"OK\n", head=head)
+            else:
+                self._reply(503, b"Not ready: a store has not been collected yet\n", head=head)
         else:
             self._reply(404, b"Not Found\n", head=head)
 
@@ -115,8 +121,11 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         registry: CollectorRegistry,
         telemetry_path: str,
         web_config: WebConfig,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(address, _Handler)
+        self.ready = ready
+        """Whether /-/ready answers 200 (every store collected or failed once) or 503."""
         self.registry = registry
         self.exposition = Exposition(registry)
         self.telemetry_path = telemetry_path

@@ -134,17 +134,18 @@ class SyncStoreCollector(Collector):
         )
         synced = CounterMetricFamily(
             "crmsync_records_synced",
-            "Changes synced; equals the store's count of history rows.",
+            "Changes synced since the exporter started reading the store.",
             labels=SERIES,
         )
         errors = CounterMetricFamily(
             "crmsync_sync_errors",
-            "Failed sync attempts; equals the store's count of error rows.",
+            "Failed sync attempts since the exporter started reading the store.",
             labels=[*SERIES, "error_code"],
         )
         latency = HistogramMetricFamily(
             "crmsync_sync_latency_seconds",
-            "Time from enqueue to sync of each synced change.",
+            "Time from enqueue to sync of each change synced since the exporter started reading "
+            "the store.",
             labels=SERIES,
         )
         future = GaugeMetricFamily(
@@ -216,6 +217,12 @@ class SyncStoreCollector(Collector):
             "Id ranges skipped by concurrent writers and still watched for late commits.",
             labels=["store"],
         )
+        late = CounterMetricFamily(
+            "crmsync_late_rows",
+            "Rows counted that became visible stamped more than settle_time ago (status-table "
+            "layout); rows later than twice settle_time are missed.",
+            labels=["store", "table"],
+        )
         for state in states:
             store = state.store
             up.add_metric([store], 1.0 if state.up(now) else 0.0)
@@ -230,12 +237,14 @@ class SyncStoreCollector(Collector):
             for label, count in state.folded.items():
                 folded.add_metric([store, label], count)
             gaps.add_metric([store], state.totals.open_gaps)
+            for table_role, count in state.totals.late_rows.items():
+                late.add_metric([store, table_role], count)
         build = InfoMetricFamily(
             "crmsync_build", "Version of crmsync-exporter and of Python running it."
         )
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield from (up, duration, query_duration, last_success, collections, failures, folded)
-        yield from (gaps, build)
+        yield from (gaps, late, build)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import TableClause
 
 from exporter.config import StoreConfig
-from exporter.dialects import epoch_seconds, now_epoch_seconds
-from exporter.tally import LATENCY_BUCKETS
+from exporter.dialects import Comparison, compare_instant, epoch_seconds, now_epoch_seconds
 
 
 def _naive_utc(epoch: float) -> datetime:
@@ -62,45 +61,10 @@ class ChangeFeedQueries:
     def max_id(self) -> Select[Any]:
         return self.filtered(select(func.max(self.id)).select_from(self.source))
 
-    def min_id(self) -> Select[Any]:
-        return self.filtered(select(func.min(self.id)).select_from(self.source))
-
-    def aggregate(self, condition: ColumnElement[bool]) -> Select[Any]:
-        """Counts per raw label set for the rows matching ``condition``.
-
-        With a latency, rows are also split by histogram bucket (column ``bucket``: the
-        index of the first bound the latency fits under, -1 when it cannot be computed).
-        One CASE per row is far cheaper than one SUM(CASE ...) per bucket.
-        """
-        if self.latency is None:
-            statement = select(*self.labels, func.count().label("rows"))
-            statement = statement.select_from(self.source).group_by(*self.labels)
-            return self.filtered(statement, condition)
-        inner = self.filtered(
-            select(
-                *(label.label(f"label_{index}") for index, label in enumerate(self.labels)),
-                self._clamped_latency().label("latency"),
-            ).select_from(self.source),
-            condition,
-        )
-        if self.dialect == "postgresql":
-            # OFFSET 0 keeps PostgreSQL from inlining the subquery, which would compute
-            # the latency again in every branch of the CASE below.
-            inner = inner.offset(0)
-        changes = inner.subquery("changes")
-        latency = changes.c.latency
-        bucket = case(
-            (latency.is_(None), -1),
-            *((latency <= bound, index) for index, bound in enumerate(LATENCY_BUCKETS)),
-            else_=len(LATENCY_BUCKETS),
-        )
-        labels = [changes.c[f"label_{index}"] for index in range(len(self.labels))]
-        return select(
-            *labels,
-            bucket.label("bucket"),
-            func.count().label("rows"),
-            func.coalesce(func.sum(latency), 0.0).label("latency_sum"),
-        ).group_by(*labels, bucket)
+    def row_moment(self, row_id: int) -> Select[Any]:
+        """The timestamp of one row (no row when it is gone)."""
+        statement = select(epoch_seconds(self.dialect, self.moment).label("moment"))
+        return self.filtered(statement.select_from(self.source), self.id == row_id)
 
     def rows_after(self, after_id: int, limit: int) -> Select[Any]:
         """New rows in id order, a page at a time."""
@@ -115,7 +79,11 @@ class ChangeFeedQueries:
     def rows_since(self, moment: datetime) -> Select[Any]:
         """Rows stamped at or after ``moment`` (status-table layout)."""
         statement = select(self.id, *self._row_values()).select_from(self.source)
-        return self.filtered(statement, self.moment >= moment)
+        return self.filtered(statement, self.stamped(">=", moment))
+
+    def stamped(self, comparison: Comparison, moment: datetime) -> ColumnElement[bool]:
+        """The row's timestamp compared with ``moment`` as instants, whatever its text form."""
+        return compare_instant(self.dialect, self.moment, comparison, moment)
 
     def _row_values(self) -> list[ColumnElement[Any]]:
         values: list[ColumnElement[Any]] = [
@@ -125,11 +93,6 @@ class ChangeFeedQueries:
         if self.latency is not None:
             values.append(self.latency.label("latency"))
         return values
-
-    def _clamped_latency(self) -> ColumnElement[float]:
-        assert self.latency is not None
-        # A writer with a skewed clock can stamp synced_at before enqueued_at.
-        return case((self.latency < 0, 0.0), else_=self.latency)
 
 
 @dataclass(frozen=True)
@@ -187,14 +150,7 @@ class StoreQueries:
 
     def _later_than(self, timestamp: ColumnElement[datetime], db_now: float) -> ColumnElement[bool]:
         """``timestamp`` is after the instant ``db_now``, through the column's index if any."""
-        if self.dialect == "sqlite":
-            # Text, maybe with UTC offsets (at most 14 h): narrow down by the string,
-            # then compare instants.
-            return and_(
-                timestamp > _naive_utc(db_now - 14 * 3600),
-                epoch_seconds(self.dialect, timestamp) > db_now,
-            )
-        return timestamp > _naive_utc(db_now)
+        return compare_instant(self.dialect, timestamp, ">", _naive_utc(db_now))
 
     def synced_between(self, start: datetime, end: datetime) -> Select[Any]:
         """Synced changes per raw object and direction with start <= synced_at < end."""
@@ -204,7 +160,7 @@ class StoreQueries:
             .select_from(history.source)
             .group_by(*self.history_direction_labels)
         )
-        return history.filtered(statement, and_(history.moment >= start, history.moment < end))
+        return history.filtered(statement, history.stamped(">=", start), history.stamped("<", end))
 
 
 def build_queries(store: StoreConfig, dialect: str) -> StoreQueries:

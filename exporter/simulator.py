@@ -91,6 +91,7 @@ class Conditions:
     syncing: bool
     error_share: float
     error_codes: Mapping[str, float]
+    capacity_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class Scenario:
     """Share of attempts failing during the event; None keeps the steady share."""
     error_codes: Mapping[str, float] | None = None
     """Weights of the error codes during the event; None keeps the steady mix."""
+    capacity_factor: float = 1.0
+    """The engine's capacity during the event, as a share of its usual capacity."""
 
     def in_event(self, simulated: float) -> bool:
         if self.event == "steady" or simulated < self.warmup:
@@ -135,6 +138,7 @@ class Scenario:
             self.syncing,
             error_share if self.error_share is None else self.error_share,
             STEADY_ERROR_CODES if self.error_codes is None else self.error_codes,
+            self.capacity_factor,
         )
 
 
@@ -185,6 +189,12 @@ SCENARIOS: Mapping[str, Scenario] = {
             "after 60 s the engine stops syncing while changes keep arriving",
             event="stalled",
             syncing=False,
+        ),
+        Scenario(
+            "near-stall",
+            "after 60 s the engine slows to a thirtieth: one change in twenty arriving is synced",
+            event="nearly stalled",
+            capacity_factor=1 / 30,
         ),
         Scenario(
             "error-storm",
@@ -649,11 +659,9 @@ class Simulator:
             self.phase = conditions.phase
         if conditions.syncing:
             # Capacity accrues with time but idle capacity cannot be saved up for later.
-            self._budget += self.sync_rate * self.speed * seconds
-            self._budget = min(
-                self._budget,
-                self.sync_rate * self.speed * max(3 * self.sync_interval, seconds),
-            )
+            rate = self.sync_rate * self.speed * conditions.capacity_factor
+            self._budget += rate * seconds
+            self._budget = min(self._budget, rate * max(3 * self.sync_interval, seconds))
             if now >= self._next_cycle:
                 jitter = self.sync_interval * self.rng.uniform(0.5, 1.5)
                 self._next_cycle = now + timedelta(seconds=jitter)

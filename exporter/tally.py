@@ -60,11 +60,6 @@ class Histogram(Generic[Key]):
         self._buckets[key][bisect_left(self.bounds, seconds)] += 1
         self._sums[key] += seconds
 
-    def add_bucket(self, key: Key, index: int, count: int, seconds: float) -> None:
-        """Add ``count`` pre-aggregated observations that fall into bucket ``index``."""
-        self._buckets[key][index] += count
-        self._sums[key] += max(seconds, 0.0)
-
     def values(self) -> dict[Key, HistogramValue]:
         result: dict[Key, HistogramValue] = {}
         for key, buckets in self._buckets.items():
@@ -75,10 +70,6 @@ class Histogram(Generic[Key]):
                 cumulative.append(running)
             result[key] = HistogramValue(tuple(cumulative), self._sums[key])
         return result
-
-    def clear(self) -> None:
-        self._buckets.clear()
-        self._sums.clear()
 
 
 class Counter(Generic[Key]):
@@ -93,5 +84,21 @@ class Counter(Generic[Key]):
     def values(self) -> dict[Key, int]:
         return dict(self._counts)
 
-    def clear(self) -> None:
-        self._counts.clear()
+
+class Debuts(Generic[Key]):
+    """When each counter series was first served, so that a new one is served at 0 first.
+
+    Prometheus's ``increase()`` counts from a series' first sample: one that first shows up
+    at 5 reads as having started at 5, and those five are never counted. So a new series
+    reads 0 in the collection that introduces it and until ``hold`` has passed (at least the
+    longest scrape interval: every Prometheus must have scraped the 0), then its value.
+    """
+
+    def __init__(self, hold: float) -> None:
+        self._hold = hold
+        self._first: dict[Key, tuple[int, float]] = {}
+
+    def held(self, key: Key, cycle: int, now: float) -> bool:
+        """Whether ``key`` must still read 0 in collection ``cycle`` at time ``now``."""
+        first_cycle, first_seen = self._first.setdefault(key, (cycle, now))
+        return cycle == first_cycle or now - first_seen < self._hold

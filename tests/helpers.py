@@ -126,7 +126,19 @@ def collect(runner: StoreRunner) -> Samples:
     return scrape(runner)
 
 
+def collect_settled(runner: StoreRunner) -> Samples:
+    """Two cycles: series the first introduces read 0 in it, their values in the second.
+
+    (With ``new_counter_hold`` 0, as ``runner_for`` sets it, a new series is held at 0
+    for the one collection that introduces it.)
+    """
+    runner.run_once()
+    return collect(runner)
+
+
 def runner_for(url: str, **settings: Any) -> StoreRunner:
+    """A runner whose new counter series are held at 0 for one collection only."""
+    settings.setdefault("new_counter_hold", 0)
     return StoreRunner(StoreCollector(store_config(url, **settings)))
 
 
@@ -157,3 +169,31 @@ def sql_counts(engine: sa.Engine, query: str) -> dict[tuple[str, ...], float]:
 
 def nonzero(values: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
     return {key: value for key, value in values.items() if value}
+
+
+def newest_id(engine: sa.Engine, table: str) -> int:
+    """The largest id in ``table`` (0 when empty): what a feed starting now takes as position."""
+    with engine.connect() as connection:
+        return int(connection.execute(sa.text(f"SELECT MAX(id) FROM {table}")).scalar() or 0)
+
+
+def history_counts(engine: sa.Engine, after_id: int) -> dict[tuple[str, ...], float]:
+    """History rows per series with ids above ``after_id``: those added since a feed started."""
+    return sql_counts(
+        engine,
+        "SELECT object_type, operation, direction, COUNT(*) FROM sync_history "
+        f"WHERE id > {after_id} GROUP BY object_type, operation, direction",
+    )
+
+
+def error_counts(engine: sa.Engine, after_id: int) -> dict[tuple[str, ...], float]:
+    """Error rows per series (lower-cased, code included) with ids above ``after_id``."""
+    return sql_counts(
+        engine,
+        "SELECT object_type, operation, direction, error_code, COUNT(*) FROM sync_error "
+        f"WHERE id > {after_id} GROUP BY object_type, operation, direction, error_code",
+    )
+
+
+def lowered(values: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
+    return {tuple(part.lower() for part in key): value for key, value in values.items()}

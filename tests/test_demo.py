@@ -231,9 +231,9 @@ def test_demo_serves_the_simulated_store_and_stops_on_ctrl_c(
             break
         time.sleep(0.3)
     assert first.get("crmsync_up") == 1.0, "the demo's exporter serves crmsync_up 1"
-    # Half an hour of backfilled history at 5 x 5 changes a second.
-    assert first["crmsync_records_synced_total"] > 0.9 * 0.5 * 3600 * 25
-    assert first["crmsync_sync_errors_total"] > 0
+    # Half an hour of backfilled history at 5 x 5 changes a second: not counted, the counters
+    # start with the exporter (at most the first collection or two of live traffic).
+    assert first["crmsync_records_synced_total"] < 0.05 * 0.5 * 3600 * 25
 
     later = first
     while (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -177,7 +178,11 @@ class Received:
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
     at: float
-    """time.monotonic() when it arrived."""
+    """time.time() when it arrived."""
+    notification: int
+    """Which notification (POST) it came in, counting from 1."""
+    group_key: str
+    """Alertmanager's key of the group: one incident."""
 
 
 class Webhook:
@@ -186,6 +191,7 @@ class Webhook:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._received: list[Received] = []
+        self._notifications = 0
         webhook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -193,6 +199,7 @@ class Webhook:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 payload = json.loads(body)
                 with webhook._lock:
+                    webhook._notifications += 1
                     for alert in payload.get("alerts", []):
                         webhook._received.append(
                             Received(
@@ -200,7 +207,9 @@ class Webhook:
                                 alert["status"],
                                 alert.get("labels", {}),
                                 alert.get("annotations", {}),
-                                time.monotonic(),
+                                time.time(),
+                                webhook._notifications,
+                                payload.get("groupKey", ""),
                             )
                         )
                 self.send_response(200)
@@ -281,18 +290,13 @@ def prometheus(
     *,
     rule_files: Sequence[Path],
     targets: Sequence[str],
-    alertmanager_url: str,
+    alertmanager_url: str | None,
     interval: str = "1s",
 ) -> Iterator[str]:
     """A real Prometheus scraping ``targets`` as job "crmsync"; yields its URL."""
-    config = {
+    config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(path) for path in rule_files],
-        "alerting": {
-            "alertmanagers": [
-                {"static_configs": [{"targets": [alertmanager_url.removeprefix("http://")]}]}
-            ]
-        },
         "scrape_configs": [
             {
                 "job_name": "crmsync",
@@ -302,6 +306,9 @@ def prometheus(
             }
         ],
     }
+    if alertmanager_url is not None:
+        alertmanager = [alertmanager_url.removeprefix("http://")]
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanager}]}]}
     config_file = work / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     url = f"http://127.0.0.1:{free_port()}"
@@ -317,8 +324,71 @@ def prometheus(
         yield url
 
 
-def query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
-    """An instant query's result vector."""
-    answer = get_json(f"{prometheus_url}/api/v1/query?query={urllib.parse.quote(promql)}")
+def query(prometheus_url: str, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+    """An instant query's result (a vector, or a matrix for a range selector), at ``at``."""
+    url = f"{prometheus_url}/api/v1/query?query={urllib.parse.quote(promql)}"
+    if at is not None:
+        url += f"&time={at:.3f}"
+    answer = get_json(url)
     result: list[dict[str, Any]] = answer["data"]["result"]
     return result
+
+
+# --- failing scrapes -------------------------------------------------------------------------
+
+
+class FlakyScrapes:
+    """An HTTP proxy in front of the exporter that fails every ``fail_every``-th request.
+
+    Prometheus records a failed scrape as ``up 0`` and marks every series of the target
+    stale; while the exporter itself is down (a restart), every request fails the same way.
+    """
+
+    def __init__(self, upstream: str, fail_every: int) -> None:
+        self.upstream = upstream
+        self.fail_every = fail_every
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.failed = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with proxy._lock:
+                    proxy.requests += 1
+                    fail = proxy.requests % proxy.fail_every == 0
+                body, status = b"scrape failed on purpose", 503
+                if not fail:
+                    try:
+                        url = f"http://{proxy.upstream}{self.path}"
+                        with urllib.request.urlopen(url, timeout=5) as response:
+                            body, status = response.read(), response.status
+                    except (OSError, http.client.HTTPException):
+                        body, status = b"exporter unreachable", 502
+                if status != 200:
+                    with proxy._lock:
+                        proxy.failed += 1
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # Prometheus gave up on a slow scrape: it counts as failed
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host!s}:{port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

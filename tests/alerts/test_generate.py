@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.alerts.support import (
     RULE_FILES,
     load_yaml,
     rules,
+    run,
     run_generator,
 )
 
@@ -89,6 +91,13 @@ def _config_with(tmp_path: Path, path: str, value: Any) -> Path:
         ("error_ratio.warning.ratio", "5%", "error_ratio.warning.ratio: expected a number"),
         ("selector", "crmsync", "selector: expected label matchers"),
         ("urls.grafana", "grafana:3000", "urls.grafana: expected an http(s) URL"),
+        ("gap_tolerance", "10m", "gap_tolerance: must be shorter than stall.window"),
+        ("stall.max_work_share", 1.5, "stall.max_work_share: expected 0 to 1"),
+        ("error_ratio.min_attempts", 0, "error_ratio.min_attempts: expected 1 to"),
+        ("latency_slo.min_changes", None, "latency_slo.min_changes: missing"),
+        ("open_id_gaps.limit", "many", "open_id_gaps.limit: expected a number"),
+        ("keep_firing_for", "soon", "keep_firing_for: expected a duration"),
+        ("collection_failures.recent", "1h", "collection_failures.recent: must be shorter"),
     ],
 )
 def test_invalid_configuration_is_reported_with_its_key(
@@ -129,8 +138,9 @@ def test_configuration_drives_the_rules(tmp_path: Path) -> None:
     stalled = next(
         r for r in rules(tmp_path / "alerting_rules.yml") if r["alert"] == "CrmSyncStalled"
     )
-    assert "> 1800\n" in stalled["expr"]
+    assert "[5m])) > 1800\n" in stalled["expr"]
     assert 'crmsync_records_synced_total{job="crm", env="prod"}[30m]' in stalled["expr"]
+    assert 'crmsync_up{job="crm", env="prod"}[5m]' in stalled["expr"]
     assert stalled["annotations"]["dashboard_url"].startswith("https://grafana.internal/d/")
 
 
@@ -146,8 +156,9 @@ def test_scaled_rules_divide_every_duration_and_keep_the_names(tmp_path: Path) -
     }
     stalled = scaled[("CrmSyncStalled", "critical", None)]
     assert stalled["for"] == "5s"
-    assert "> 15\n" in stalled["expr"]
-    assert "[15s]" in stalled["expr"]
+    assert stalled["keep_firing_for"] == "10s"
+    assert "[5s])) > 10\n" in stalled["expr"]  # gap tolerance 5m, stall window 10m
+    assert "[10s]" in stalled["expr"]
     burn = scaled[("CrmSyncLatencyBudgetBurn", "warning", "3d")]
     assert burn["for"] == "3m"
     assert burn["labels"]["short"] == "6h"  # names and labels keep the nominal windows
@@ -243,3 +254,42 @@ def test_every_recording_rule_has_promtool_cases() -> None:
         re.findall(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", tested)
     )
     assert not untested
+
+
+def test_incident_timelines_are_current() -> None:
+    result = run([sys.executable, "-m", "tests.alerts.incidents", "--check"])
+    assert result.returncode == 0, result.stderr
+
+
+# Gauges a failed scrape or an unreadable store marks stale: an alert that read them as an
+# instant vector would lose its pending state on each such scrape.
+GAUGES = (
+    "crmsync_pending_records",
+    "crmsync_oldest_pending_age_seconds",
+    "crmsync_up",
+    "crmsync_future_timestamp_rows",
+    "crmsync_folded_label_values",
+    "crmsync_open_id_gaps",
+)
+EXPORTER_ALERTS = {"CrmSyncExporterDown", "CrmSyncExporterAbsent"}
+
+
+@pytest.mark.parametrize("rule", alerting_rules(), ids=lambda rule: rule["alert"])
+def test_alerts_read_gauges_through_failed_scrapes(rule: dict[str, Any]) -> None:
+    for gauge in GAUGES:
+        for match in re.finditer(rf"\b{gauge}\{{[^}}]*\}}(.)", rule["expr"]):
+            assert match.group(1) == "[", f"{gauge} read as an instant vector in {rule['expr']}"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [r for r in alerting_rules() if "object" in r["annotations"]["description"]],
+    ids=lambda rule: f"{rule['alert']}-{rule['labels']['severity']}",
+)
+def test_alerts_on_a_store_s_data_end_when_it_is_not_read(rule: dict[str, Any]) -> None:
+    """CrmSyncStoreDown speaks for a store that cannot be read, and a wavering condition
+    resolves once."""
+    assert rule["expr"].endswith(
+        'and on (store)\nmax by (store) (max_over_time(crmsync_up{job="crmsync"}[5m])) == 1'
+    )
+    assert rule["keep_firing_for"] == "10m"

@@ -89,7 +89,11 @@ def running_stack(
     """The exporter (collecting every second) and Prometheus on the store, while in the block."""
     exporter_port, prometheus_port = free_port(), free_port()
     config = work / "exporter.yml"
-    config.write_text(f"stores:\n  - name: main\n    url: '{store_url}'\n    interval: 1s\n")
+    # New counter series read 0 for one scrape interval, so Prometheus sees them start at 0.
+    config.write_text(
+        f"stores:\n  - name: main\n    url: '{store_url}'\n    interval: 1s\n"
+        f"    new_counter_hold: {scrape_interval}\n"
+    )
     prometheus_config = work / "prometheus.yml"
     prometheus_config.write_text(
         f"global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: 1s\n"

@@ -26,10 +26,11 @@ class Exporter:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         log_level: str = "info",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.log_path = config.with_suffix(".log")
-        self._log = self.log_path.open("w")
+        self._log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [
                 sys.executable,

@@ -314,10 +314,6 @@ def test_names_that_are_sql_keywords_are_quoted(store_url: str) -> None:
     """A store whose names are reserved words works: names reach SQL only quoted."""
     engine = sa.create_engine(store_url)
     RESERVED.create(engine)
-    now = utcnow()
-    row = {"from": "lead", "where": "insert", "group": "to_crm", "user": "x", "desc": now}
-    with engine.begin() as connection:
-        connection.execute(RESERVED.insert(), [{**row, "limit": now}] * 7)
     names = {
         "table": "order",
         "id": "select",
@@ -337,6 +333,11 @@ def test_names_that_are_sql_keywords_are_quoted(store_url: str) -> None:
         },
     }
     runner = runner_for(store_url, mapping=mapping)
+    assert runner.run_once().last_error is None
+    now = utcnow()
+    row = {"from": "lead", "where": "insert", "group": "to_crm", "user": "x", "desc": now}
+    with engine.begin() as connection:
+        connection.execute(RESERVED.insert(), [{**row, "limit": now}] * 7)
     state = runner.run_once()
     assert state.last_error is None, state.last_error
     assert sum(state.totals.synced.values()) == 7

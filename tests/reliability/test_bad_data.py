@@ -71,8 +71,10 @@ def row(state: str, **values: Any) -> dict[str, Any]:
 
 
 def bad_rows() -> list[dict[str, Any]]:
+    """Rows as a careless engine writes them; those synced or failed, within the last minutes."""
     now = utcnow()
     hour = timedelta(hours=1)
+    minute = timedelta(minutes=1)
     return [
         # pending
         row("queued", created=now - hour),
@@ -81,10 +83,10 @@ def bad_rows() -> list[dict[str, Any]]:
         row("queued", created=now - hour, entity=None, op="X", dir="SIDEWAYS"),
         *(row("queued", created=now - hour, entity=name) for name in ODD_NAMES),
         # synced
-        row("done", created=now - hour, completed=now - hour / 2),
-        row("done", created=now, completed=now - hour),  # synced before it was enqueued
+        row("done", created=now - hour, completed=now - minute),
+        row("done", created=now, completed=now - minute),  # synced before it was enqueued
         row("done", created=now - hour, completed=now + hour),  # in the future
-        row("done", created=None, completed=now - hour),  # no enqueue time: no latency
+        row("done", created=None, completed=now - minute),  # no enqueue time: no latency
         row("done", created=now - hour, completed=None),  # no sync time
         row("done", created=now - hour, completed=now, entity="Ünïcödé", op=CYRILLIC_INSERT),
         # failed
@@ -98,8 +100,6 @@ def bad_rows() -> list[dict[str, Any]]:
 def test_a_mapped_store_with_contract_breaking_rows_is_still_read(store_url: str) -> None:
     engine = sa.create_engine(store_url)
     metadata.create_all(engine)
-    with engine.begin() as connection:
-        connection.execute(changes.insert(), bad_rows())
     runner = runner_for(store_url, **MAPPING)
     statements: list[str] = []
     sa.event.listen(
@@ -107,9 +107,12 @@ def test_a_mapped_store_with_contract_breaking_rows_is_still_read(store_url: str
         "before_cursor_execute",
         lambda _c, _cur, statement, *_: statements.append(statement),
     )
+    assert runner.run_once().last_error is None  # counters count from here
+    with engine.begin() as connection:
+        connection.execute(changes.insert(), bad_rows())
     state = runner.run_once()
     assert state.last_error is None, state.last_error
-    runner.run_once()  # and again, incrementally
+    runner.run_once()  # and again: new series count after one collection at 0
     text = exposition([runner.state])
     result = samples(text)
     up = by_name(result, "crmsync_up")[frozenset({("store", "main")})]
@@ -165,6 +168,10 @@ def test_odd_label_values_make_a_valid_exposition(tmp_path: Any) -> None:
         )
     runner = runner_for(url, **MAPPING)
     assert runner.run_once().last_error is None
+    with engine.begin() as connection:  # counted: the odd values reach the counters' labels
+        connection.execute(changes.insert(), bad_rows())
+    assert runner.run_once().last_error is None
+    assert runner.run_once().last_error is None
     text = exposition([runner.state])
     samples(text)  # the client library's own parser reads it back
     promtool = require_binary("promtool")
@@ -183,6 +190,8 @@ def test_odd_label_values_make_a_valid_exposition(tmp_path: Any) -> None:
 def test_thousands_of_objects_and_codes_fold_into_other(store_url: str) -> None:
     engine = sa.create_engine(store_url)
     create_reference_schema(engine)
+    runner = runner_for(store_url, max_objects=20, max_error_codes=10)
+    assert runner.run_once().last_error is None  # counters count from here
     now = utcnow()
     distinct = 3000
     base = {"record_id": "1", "operation": "insert", "direction": "to_crm"}
@@ -211,7 +220,7 @@ def test_thousands_of_objects_and_codes_fold_into_other(store_url: str) -> None:
             sync_queue.insert(),
             [{**base, "object_type": f"queued_{i}", "enqueued_at": now} for i in range(distinct)],
         )
-    runner = runner_for(store_url, max_objects=20, max_error_codes=10)
+    assert runner.run_once().last_error is None
     assert runner.run_once().last_error is None
     result = samples(exposition([runner.state]))
     synced = by_name(result, "crmsync_records_synced_total")
@@ -245,6 +254,8 @@ def test_thousands_of_objects_and_codes_fold_into_other(store_url: str) -> None:
 def test_clock_skew_on_the_reference_store_never_goes_negative(store_url: str) -> None:
     engine = sa.create_engine(store_url)
     create_reference_schema(engine)
+    runner = runner_for(store_url)
+    assert runner.run_once().last_error is None  # counters count from here
     ahead = utcnow() + timedelta(minutes=30)
     base = {"object_type": "lead", "record_id": "1", "operation": "insert", "direction": "to_crm"}
     with engine.begin() as connection:
@@ -254,7 +265,6 @@ def test_clock_skew_on_the_reference_store_never_goes_negative(store_url: str) -
             [{**base, "enqueued_at": ahead, "synced_at": ahead - timedelta(minutes=5)}] * 2,
         )
     add_history(engine, 10)
-    runner = runner_for(store_url)
     assert runner.run_once().last_error is None
     result = samples(exposition([runner.state]))
     lead = frozenset(
@@ -267,6 +277,7 @@ def test_clock_skew_on_the_reference_store_never_goes_negative(store_url: str) -
         for labels, value in by_name(result, "crmsync_future_timestamp_rows").items()
     }
     assert future == {"queue": 3.0, "history": 2.0, "errors": 0.0}
+    assert by_name(result, "crmsync_sync_latency_seconds_count")[lead] >= 2.0
     assert min(by_name(result, "crmsync_sync_latency_seconds_sum").values()) >= 0.0
     runner.collector.close()
     engine.dispose()

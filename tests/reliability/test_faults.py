@@ -28,24 +28,21 @@ from tests.helpers import (
     add_pending,
     by_name,
     change,
+    history_counts,
+    newest_id,
     nonzero,
     runner_for,
     scrape,
     series_total,
-    sql_counts,
     utcnow,
 )
 from tests.reliability.conftest import PgStore
 from tests.reliability.support import Exporter, metric, up, write_config
 from tests.tcp_proxy import TcpProxy
 
-HISTORY_COUNTS = (
-    "SELECT object_type, operation, direction, COUNT(*) FROM sync_history "
-    "GROUP BY object_type, operation, direction"
-)
 ERROR_COUNTS = (
     "SELECT object_type, operation, direction, error_code, COUNT(*) FROM sync_error "
-    "GROUP BY object_type, operation, direction, error_code"
+    "WHERE id > :after GROUP BY object_type, operation, direction, error_code"
 )
 STORE_GAUGES = ("crmsync_pending_records", "crmsync_oldest_pending_age_seconds")
 
@@ -54,15 +51,20 @@ def report(what: str, seconds: float) -> None:
     print(f"\nMEASURED {what}: {seconds:.2f}s")
 
 
-def exact(result: dict[Any, float], engine: sa.Engine) -> bool:
-    """Counters equal the store's own counts, series by series."""
+def newest(engine: sa.Engine) -> tuple[int, int]:
+    """The newest history and error ids: where an exporter starting now begins to count."""
+    return newest_id(engine, "sync_history"), newest_id(engine, "sync_error")
+
+
+def exact(result: dict[Any, float], engine: sa.Engine, start: tuple[int, int]) -> bool:
+    """Counters equal the store's counts of the rows added since ``start``, series by series."""
     with engine.connect() as connection:
-        rows = connection.execute(sa.text(ERROR_COUNTS)).all()
+        rows = connection.execute(sa.text(ERROR_COUNTS), {"after": start[1]}).all()
     # Error codes keep their case in labels; everything else is lower-cased.
     errors = {(*(str(v).lower() for v in row[:3]), row[3]): float(row[4]) for row in rows}
     return (
         nonzero(series_total(result, "crmsync_records_synced_total"))
-        == sql_counts(engine, HISTORY_COUNTS)
+        == history_counts(engine, start[0])
         and nonzero(series_total(result, "crmsync_sync_errors_total")) == errors
     )
 
@@ -82,6 +84,7 @@ def exporter_config(tmp_path: Path, store: PgStore, **settings: Any) -> Path:
         "password_env": "CRMSYNC_TEST_STORE_PASSWORD",
         "interval": "500ms",
         "query_timeout": "2s",
+        "new_counter_hold": "0s",
         **settings,
     }
     return write_config(tmp_path / "exporter.yml", [entry])
@@ -138,6 +141,7 @@ def test_a_store_down_at_start_is_served_as_down_then_read_without_a_restart(
     pg_store: PgStore, tmp_path: Path, exporters: list[Exporter]
 ) -> None:
     engine = fill(pg_store)
+    start = newest(engine)
     engine.dispose()
     pg_store.server.stop()
 
@@ -150,13 +154,17 @@ def test_a_store_down_at_start_is_served_as_down_then_read_without_a_restart(
     )
     assert up(first) == 0.0
     assert not any(name in STORE_GAUGES for name, _ in first)
+    # No counter before the first read (not even 0): nothing for Prometheus to see jump.
+    assert metric(first, "crmsync_records_synced_total") is None
 
     ready = pg_store.server.start()
     recovered, result = exporter.wait_until(lambda r: up(r) == 1.0, seconds=20)
     report("store down at start: server ready to crmsync_up 1", recovered - ready)
     assert recovered - ready < 5.0
     engine = pg_store.engine()
-    assert exact(result, engine)
+    assert exact(result, engine, start)
+    # The history the store held when it came up is not counted: the counters start at 0.
+    assert metric(result, "crmsync_records_synced_total") == 0.0
     assert exporter.process.poll() is None
     engine.dispose()
 
@@ -166,6 +174,7 @@ def test_a_store_restarted_mid_run_recovers_unaided_with_exact_counters(
     pg_store: PgStore, tmp_path: Path, exporters: list[Exporter], mode: str
 ) -> None:
     engine = fill(pg_store)
+    start = newest(engine)
     exporter = start_exporter(tmp_path, pg_store)
     exporters.append(exporter)
     exporter.wait_serving()
@@ -188,7 +197,7 @@ def test_a_store_restarted_mid_run_recovers_unaided_with_exact_counters(
     finally:
         writer.stop()
     # Once the writes stop, the counters settle on the store's counts: nothing lost or doubled.
-    _, result = exporter.wait_until(lambda r: exact(r, engine), seconds=10)
+    _, result = exporter.wait_until(lambda r: exact(r, engine, start), seconds=10)
     assert up(result) == 1.0
     assert metric(result, "crmsync_collection_failures_total") is not None
     engine.dispose()
@@ -198,6 +207,7 @@ def test_a_locked_table_times_out_on_the_server_while_scrapes_stay_fast(
     pg_store: PgStore, tmp_path: Path, exporters: list[Exporter]
 ) -> None:
     engine = fill(pg_store)
+    start = newest(engine)
     exporter = start_exporter(tmp_path, pg_store, query_timeout="1s", interval="300ms")
     exporters.append(exporter)
     exporter.wait_serving()
@@ -244,7 +254,7 @@ def test_a_locked_table_times_out_on_the_server_while_scrapes_stay_fast(
     assert "lock timeout" in failures[0]["error"] or "statement timeout" in failures[0]["error"]
 
     add_history(engine, 10, seed=10)
-    recovered, result = exporter.wait_until(lambda r: up(r) == 1.0 and exact(r, engine))
+    recovered, result = exporter.wait_until(lambda r: up(r) == 1.0 and exact(r, engine, start))
     report("locked table: lock released to exact counters", recovered - released)
     assert recovered - released < 3.0
     engine.dispose()
@@ -304,6 +314,7 @@ def test_a_stalled_network_ends_the_cycle_within_the_timeouts(
 ) -> None:
     tcp, url = proxied
     engine = fill(pg_store)
+    start = newest(engine)
     settings: dict[str, Any] = {"query_timeout": f"{QUERY_TIMEOUT:g}s"}
     if when == "mid-statement":
         # A statement that takes a while, so the network can go silent in the middle of it.
@@ -320,6 +331,8 @@ def test_a_stalled_network_ends_the_cycle_within_the_timeouts(
     if when != "before connecting":
         assert runner.run_once().last_error is None
     add_history(engine, 33, seed=12)
+    if when == "before connecting":
+        start = newest(engine)  # the first read is the recovery: it counts from there
 
     if when == "mid-statement":
         threading.Timer(0.3, tcp.stall).start()
@@ -336,7 +349,7 @@ def test_a_stalled_network_ends_the_cycle_within_the_timeouts(
     state = runner.run_once()
     report(f"stalled network ({when}): recovery cycle", time.monotonic() - started)
     assert state.last_error is None, state.last_error
-    assert exact(scrape(runner), engine)
+    assert exact(scrape(runner), engine, start)
     runner.collector.close()
     engine.dispose()
 

@@ -21,7 +21,7 @@ from exporter.schema import create_reference_schema
 from tests.helpers import add_errors, add_history, add_pending, samples
 from tests.reliability.conftest import PgStore
 from tests.reliability.support import Exporter, metric, up, write_config
-from tests.reliability.test_faults import Writer, exact, start_exporter
+from tests.reliability.test_faults import Writer, exact, newest, start_exporter
 
 SCRAPERS = 100
 SECONDS = float(os.environ.get("CRMSYNC_LOAD_SECONDS", "60"))
@@ -68,6 +68,7 @@ def test_a_hundred_scrapers_for_a_minute(pg_store: PgStore, tmp_path: Path) -> N
     add_pending(engine, 200)
     add_history(engine, 5000)
     add_errors(engine, 300)
+    start = newest(engine)
     exporter = start_exporter(tmp_path, pg_store, interval=f"{INTERVAL:g}s")
     writer: Writer | None = None
     try:
@@ -126,7 +127,7 @@ def test_a_hundred_scrapers_for_a_minute(pg_store: PgStore, tmp_path: Path) -> N
     assert growth < 8 * 2**20, [f"{at:.0f}s {size / 2**20:.1f}" for at, size in rss]
     assert max(threads) <= SCRAPERS + 10
     # And the counters are exact once the writer stops.
-    exporter.wait_until(lambda r: exact(r, engine), seconds=10)
+    exporter.wait_until(lambda r: exact(r, engine, start), seconds=10)
     assert up(samples(exporter.get()[1].decode())) == 1.0
     assert first
     exporter.stop()
