@@ -13,7 +13,10 @@ Labels follow exporter.labels: the same whitespace stripped, `unknown` for blank
 same length cut, objects lower-cased, operations and directions through the configured
 mapping. Which objects and error codes the exporter folded into `other` (over their caps) only
 the exporter knows: the dashboards pass the values it reports (hidden variables read from
-Prometheus) and the SQL calls every other value `other`.
+Prometheus). Once it reports `other` (its cap is full), the SQL calls every value it does not
+report `other`, as the exporter would. Until then a value it does not report keeps its name: a
+value it has not seen since it started (it counts from its first read of the store, so a code
+that failed only before then has no series), which it would report under that name.
 """
 
 from __future__ import annotations
@@ -300,23 +303,23 @@ class StoreSql:
         return f"CASE{branches}\n      ELSE {self.sql.literal(OTHER)} END"
 
     def _reported(self, text: str, reported: str) -> str:
-        """``text`` is among the values of a reported list, or the list is empty (unknown)."""
+        """``text`` is among the values of a reported list (``{a,b}``, ``a`` or nothing)."""
         sql = self.sql
         inner = (
             f"CASE WHEN {reported} LIKE '{{%}}' THEN "
-            f"SUBSTRING({reported}, 2, CHAR_LENGTH({reported}) - 2) ELSE {reported} END"
+            f"SUBSTRING({reported}, 2, CHAR_LENGTH({reported}) - 2) ELSE coalesce({reported}, '')"
+            " END"
         )
         # Searched, not split: a value with a comma in it is found too.
         comma = "','"
         listed = sql.concat(comma, inner, comma)
-        return (
-            f"(coalesce({reported}, '') IN ('', '{{}}')"
-            f" OR {sql.contains(listed, sql.concat(comma, text, comma))})"
-        )
+        return sql.contains(listed, sql.concat(comma, text, comma))
 
     def _capped(self, text: str, reported: str, preset: Sequence[str] = ()) -> str:
-        """exporter.labels.CappedLabel: the text itself if the exporter reports it, else other."""
-        kept = self._reported(text, reported)
+        """exporter.labels.CappedLabel: the text itself, unless the exporter folds values into
+        other (it reports other) and does not report this one."""
+        folds = self._reported(self.sql.literal(OTHER), reported)
+        kept = f"(NOT {folds} OR {self._reported(text, reported)})"
         if preset:
             kept = f"({self.sql.one_of(text, preset)} OR {kept})"
         return f"CASE WHEN {kept} THEN {text} ELSE {self.sql.literal(OTHER)} END"

@@ -75,6 +75,8 @@ AGE_STEPS = ((None, "green"), (900.0, "orange"), (3600.0, "red"))
 
 _PROMETHEUS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 # Every exporter (job and instance) of the chosen store, and the view's filters on top.
+# `store` is single-value and matched exactly: store names hold only letters, digits and
+# _.:- (exporter.config), which the Prometheus datasource leaves as they are.
 _SCOPE = 'store="$store", job=~"$job", instance=~"$instance"'
 
 
@@ -159,8 +161,16 @@ def _thresholds(steps: Sequence[tuple[float | None, str]]) -> dashboard.Threshol
     )
 
 
+# Grafana 12 and later pass every data link through @braintree/sanitize-url (7.0.2 on), which
+# percent-decodes the whole URL unless that fails: a %, &, # or + in a value would then reach
+# the dashboard as another value. A `%` that is no escape, in the fragment (which no dashboard
+# reads), makes the decoding fail and keeps the values encoded. Grafana 11.3 changes no link.
+KEEP_ENCODED = "#%"
+
+
 def _link(title: str, uid: str, query: str) -> Json:
-    return {"title": title, "url": f"/d/{uid}?{query}&${{__url_time_range}}"}
+    """A data link to another dashboard that keeps the time range."""
+    return {"title": title, "url": f"/d/{uid}?{query}&${{__url_time_range}}{KEEP_ENCODED}"}
 
 
 def _links(links: Sequence[Json]) -> DynamicConfigValue:
@@ -346,9 +356,12 @@ def _query_variable(
     description: str,
     *,
     multi: bool = False,
+    include_all: bool | None = None,
     regex: str = "",
     hidden: bool = False,
 ) -> dashboard.QueryVariable:
+    """``include_all`` defaults to ``multi``: "All" is the default of a multi-value variable."""
+    include_all = multi if include_all is None else include_all
     variable = (
         dashboard.QueryVariable(name)
         .label(label)
@@ -364,13 +377,13 @@ def _query_variable(
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
         .multi(multi)
-        .include_all(multi)
+        .include_all(include_all)
     )
     if regex:
         variable = variable.regex(regex)
     if hidden:
         variable = variable.hide(VariableHide.HIDE_VARIABLE)
-    if multi:
+    if include_all:
         variable = variable.current(VariableOption(text="All", value="$__all"))
         if not hidden:
             # Matches every value in PromQL, including series newer than the option list.
@@ -459,14 +472,21 @@ class _Builder:
         )
 
     def label_variable(
-        self, name: str, label: str, metric: str, *, multi: bool
+        self, name: str, label: str, metric: str, *, include_all: bool = True
     ) -> dashboard.QueryVariable:
+        """A label's values to choose from, several at a time.
+
+        Multi-value, so that Grafana's Prometheus datasource writes the chosen values as a
+        regex for the `=~` matchers: it escapes a single-value variable for a quoted string
+        only halfway (a quote becomes \\', which PromQL reads as a backslash and a quote).
+        """
         return _query_variable(
             name,
             label,
             f"label_values({metric}{{{_SCOPE}}}, {name})",
             f"{label} values as the exporter reports them (lower-case, mapped).",
-            multi=multi,
+            multi=True,
+            include_all=include_all,
         )
 
     def reported(self, name: str, label: str) -> dashboard.QueryVariable:
@@ -481,8 +501,8 @@ class _Builder:
             name,
             f"Reported {label} values",
             f"label_values({selector}, {label})",
-            f"Every {label} value the exporter reports: the SQL panels call any other store "
-            "value 'other', as the exporter does over its caps.",
+            f"Every {label} value the exporter reports: once it reports 'other' (over its "
+            "cap), the SQL panels call every store value it does not report 'other' too.",
             multi=True,
             hidden=True,
         )
@@ -501,9 +521,7 @@ class _Builder:
             "hour's throughput, and the exporter's own health.",
         )
         self.scope(board)
-        board.variable(
-            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True)
-        )
+        board.variable(self.label_variable("direction", "Direction", "crmsync_pending_records"))
         board.variable(
             _custom_variable(
                 "view",
@@ -651,13 +669,25 @@ class _Builder:
         hour_parts: list[str] = []
         overrides: list[tuple[str, list[DynamicConfigValue]]] = []
         last_hour = f"sum by (object) (crmsync_records_synced_last_hour{{{sel}}})"
+        # The exporter serves every operation of a configured object, 0 when none waits; an
+        # object outside the configuration has series only for what waits: 0 for the rest too.
+        none_waits = f"0 * sum by (object) (crmsync_pending_records{{{sel}}})"
         for operation in self.operations:
             op_sel = f'{sel}, operation="{operation}"'
             plural = f"{operation}s".capitalize()
             oldest = f"Oldest pending {operation}"
-            backlog.append(cell(f"sum by (object) (crmsync_pending_records{{{op_sel}}})", plural))
             backlog.append(
-                cell(f"max by (object) (crmsync_oldest_pending_age_seconds{{{op_sel}}})", oldest)
+                cell(
+                    f"sum by (object) (crmsync_pending_records{{{op_sel}}}) or {none_waits}",
+                    plural,
+                )
+            )
+            backlog.append(
+                cell(
+                    f"max by (object) (crmsync_oldest_pending_age_seconds{{{op_sel}}})"
+                    f" or {none_waits}",
+                    oldest,
+                )
             )
             # The store does not split the hour's count by operation: "not applicable".
             hour_parts.append(cell(f"{last_hour} * NaN", plural))
@@ -706,7 +736,9 @@ class _Builder:
             + "\n  or ".join(hour_parts)
             + "\n) and on () (vector($view) == 1)"
         )
-        order = ["Object"]
+        # organize orders fields before it renames them: the row field by its first name.
+        row_field = "object\\column"
+        order = [row_field]
         for operation in self.operations:
             order.append(f"{operation}s".capitalize())
         order += [f"Oldest pending {operation}" for operation in self.operations] + [synced]
@@ -738,7 +770,7 @@ class _Builder:
                     id_val="organize",
                     options={
                         "excludeByName": {},
-                        "renameByName": {"object\\column": "Object"},
+                        "renameByName": {row_field: "Object"},
                         "indexByName": {name: index for index, name in enumerate(order)},
                     },
                 )
@@ -866,14 +898,13 @@ class _Builder:
             "One object: backlog by operation, the oldest waiting records, latency, throughput.",
         )
         self.scope(board, sql=True)
+        # One object by default (the first), or those chosen; "All" is the Sync Status tab.
         board.variable(
-            self.label_variable("object", "Object", "crmsync_pending_records", multi=False)
+            self.label_variable("object", "Object", "crmsync_pending_records", include_all=False)
         )
-        board.variable(
-            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True)
-        )
+        board.variable(self.label_variable("direction", "Direction", "crmsync_pending_records"))
         board.variable(self.reported(REPORTED_OBJECTS, "object"))
-        sel = self.sel('object="$object"', 'direction=~"$direction"')
+        sel = self.sel('object=~"$object"', 'direction=~"$direction"')
         width = 24 // (2 * len(self.operations)) if len(self.operations) <= 6 else 4
         x = 0
         for operation in self.operations:
@@ -1013,7 +1044,7 @@ class _Builder:
             ("direction", "Direction", "crmsync_pending_records"),
             ("error_code", "Error code", "crmsync_sync_errors_total"),
         ):
-            board.variable(self.label_variable(name, label, metric, multi=True))
+            board.variable(self.label_variable(name, label, metric))
         board.variable(
             _textbox_variable(
                 "search",
@@ -1180,12 +1211,15 @@ class _Builder:
             .override_by_name(
                 "error_message", [DynamicConfigValue(id_val="custom.width", value=480)]
             )
+            # The number of rows of the page: Grafana's Table counts only number fields
+            # otherwise, and these are text.
             .footer(
                 TableFooterOptions()
                 .show(True)
                 .enable_pagination(True)
                 .reducer(["count"])
-                .fields(["record_id"])
+                .count_rows(True)
+                .fields([])
             )
         )
         template = self.store.crm_record_url
@@ -1220,12 +1254,8 @@ class _Builder:
             "latency objective.",
         )
         self.scope(board)
-        board.variable(
-            self.label_variable("object", "Object", "crmsync_pending_records", multi=True)
-        )
-        board.variable(
-            self.label_variable("direction", "Direction", "crmsync_pending_records", multi=True)
-        )
+        board.variable(self.label_variable("object", "Object", "crmsync_pending_records"))
+        board.variable(self.label_variable("direction", "Direction", "crmsync_pending_records"))
         board.variable(
             _custom_variable(
                 "horizon",

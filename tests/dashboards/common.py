@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from exporter.config import StoreConfig, parse_config
 from exporter.dashboard_sql import SqlDialect
@@ -50,3 +51,10 @@ def sql_of(dashboard: Json, title: str) -> str:
     text: Any = target["rawSql"]
     assert isinstance(text, str)
     return text
+
+
+def link_values(href: str, variable: str) -> list[str]:
+    """The values of ``variable`` a dashboard opened by a link's href takes: scenes reads the
+    query string as URLSearchParams does (`+` is a space; the fragment is no part of it)."""
+    query = parse_qs(urlsplit(href).query, keep_blank_values=True)
+    return query.get(f"var-{variable}", [])

@@ -85,13 +85,14 @@ def running_stack(
     *,
     traffic: bool,
     scrape_interval: str = "1s",
+    store_name: str = "main",
 ) -> Iterator[Stack]:
     """The exporter (collecting every second) and Prometheus on the store, while in the block."""
     exporter_port, prometheus_port = free_port(), free_port()
     config = work / "exporter.yml"
     # New counter series read 0 for one scrape interval, so Prometheus sees them start at 0.
     config.write_text(
-        f"stores:\n  - name: main\n    url: '{store_url}'\n    interval: 1s\n"
+        f"stores:\n  - name: '{store_name}'\n    url: '{store_url}'\n    interval: 1s\n"
         f"    new_counter_hold: {scrape_interval}\n"
     )
     prometheus_config = work / "prometheus.yml"

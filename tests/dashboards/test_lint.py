@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import yaml
 
-from exporter.dashboards import SQL_PLUGIN, UIDS, Json
+from exporter.dashboards import KEEP_ENCODED, SQL_PLUGIN, UIDS, Json
 from tests.dashboards.common import DASHBOARDS, ROOT, dashboards, panels
 
 PROVISIONED_DATASOURCES = (
@@ -174,6 +174,7 @@ def test_data_links_point_to_existing_dashboards_and_variables() -> None:
             for variable in re.findall(r"\$\{(\w+):queryparam\}", parts.query):
                 assert variable in own, f"{title}: ${variable} is not defined here"
             assert "${__url_time_range}" in parts.query, f"{title}: the time range is not kept"
+            assert url.endswith(KEEP_ENCODED), f"{title}: Grafana 12+ would decode the values"
     assert seen >= 3
 
 
@@ -194,7 +195,7 @@ def test_the_status_table_opens_the_object_detail() -> None:
     assert urls == [
         "/d/crmsync-object?${datasource:queryparam}&${job:queryparam}&${instance:queryparam}"
         "&${store:queryparam}&${direction:queryparam}&var-object=${__value.raw:percentencode}"
-        "&${__url_time_range}"
+        "&${__url_time_range}#%"
     ]
 
 

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 from exporter.simulator import backfill
 from tests.conftest import require_binary
-from tests.dashboards.common import DASHBOARDS
+from tests.dashboards.common import DASHBOARDS, link_values
 from tests.dashboards.grafana_frontend import VERSIONS, Result, Run, datasources, run_answered
 from tests.dashboards.grafana_server import Backends
 from tests.dashboards.stack import running_stack
@@ -35,13 +35,29 @@ pytestmark = [pytest.mark.prometheus, pytest.mark.grafana_frontend]
 SCRAPE_INTERVAL = "1s"
 WARM_UP = 25.0
 # Label values with every character that needs care on its way through a URL and PromQL.
-AWKWARD_OBJECT = "o'brien\\ü%$:x"
-AWKWARD_CODE = "Q'UOTE\\BACK%PCT$DOLLAR:COLON_ÜBER"
+AWKWARD_OBJECT = "o'brien\\ü%$:x &#+%41"
+AWKWARD_CODE = "Q'UOTE\\BACK%PCT%41$DOLLAR:COLON_ÜBER&AMP#HASH+PLUS SP"
+# Every kind of character a store name may have (exporter.config).
+STORE = "eu-1.crm:main_2"
+
+
+def _synced(engine: sa.Engine) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(sa.select(sa.func.count()).select_from(sync_history)).scalar_one()
+        )
 
 
 def _awkward_rows(engine: sa.Engine) -> None:
     """A failure with an awkward code and a waiting change of an awkward object, written once
-    the exporter runs (counters count what appears after their start)."""
+    the exporter runs (counters count what appears after their start) and the simulator has
+    synced changes: it takes the queue oldest first, so it never comes back for a change
+    older than those, and the awkward one stays waiting."""
+    synced = _synced(engine)
+    deadline = time.monotonic() + 30
+    while _synced(engine) == synced:
+        assert time.monotonic() < deadline, "the simulator synced nothing in 30 s"
+        time.sleep(0.2)
     now = datetime.now(UTC).replace(tzinfo=None)
     row = {"record_id": "AWK1", "operation": "insert", "direction": "to_crm"}
     with engine.begin() as connection:
@@ -59,7 +75,8 @@ def _awkward_rows(engine: sa.Engine) -> None:
             ],
         )
         connection.execute(
-            sync_queue.insert(), [{**row, "object_type": AWKWARD_OBJECT, "enqueued_at": now}]
+            sync_queue.insert(),
+            [{**row, "object_type": AWKWARD_OBJECT, "enqueued_at": now - timedelta(hours=4)}],
         )
 
 
@@ -81,9 +98,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
     create_reference_schema(engine)
     backfill(engine, history_rows=3000, error_rows=400, pending_rows=150, span=3 * 3600.0, seed=3)
     with running_stack(
-        url, work, prometheus_binary, traffic=True, scrape_interval=SCRAPE_INTERVAL
+        url,
+        work,
+        prometheus_binary,
+        traffic=True,
+        scrape_interval=SCRAPE_INTERVAL,
+        store_name=STORE,
     ) as running:
-        time.sleep(2)
         _awkward_rows(engine)
         time.sleep(WARM_UP)
         yield Monitored(running.prometheus, engine)
@@ -230,7 +251,7 @@ def test_every_query_runs_and_keeps_to_the_chosen_values(
         assert panel.errors == [], f"{panel.title}: {panel.errors}"
         for frame in panel.query_frames:
             for field in frame["fields"]:
-                for label, allowed in state.allowed.items():
+                for label, allowed in {"store": (STORE,), **state.allowed}.items():
                     value = field["labels"].get(label)
                     assert value is None or value in allowed, f"{panel.title}: {label}={value}"
 
@@ -337,6 +358,31 @@ def test_the_backlog_view_shows_every_column_filled(
     empty = [name for name, texts in table.items() if not any(texts)]
     assert empty == [], f"empty columns in the Backlog view: {empty}"
     assert list(table) == BACKLOG_COLUMNS
+
+
+def test_links_open_the_next_dashboard_on_the_value_clicked(
+    results: dict[tuple[str, str], Result],
+) -> None:
+    """An object of the Sync Status table opens the object detail on that object, an error
+    code series of the object detail the errors browser on that code: exactly, whatever their
+    characters."""
+    (frame,) = results[("crmsync-status", "default")].panel("Sync Status").table or []
+    (objects,) = [field for field in frame["fields"] if field["name"] == "Object"]
+    assert AWKWARD_OBJECT in objects["values"]
+    for value, links in zip(objects["values"], objects["links"], strict=True):
+        (link,) = links
+        assert link_values(link["href"], "object") == [value], link["href"]
+    panel = results[("crmsync-object", "one object")].panel("Failed attempts by error code")
+    series = [
+        (field["labels"]["error_code"], field["links"])
+        for frame in panel.table or []
+        for field in frame["fields"]
+        if "error_code" in field["labels"]
+    ]
+    assert AWKWARD_CODE in [code for code, _ in series]
+    for code, links in series:
+        for href in {link["href"] for point in links for link in point}:
+            assert link_values(href, "error_code") == [code], href
 
 
 def test_the_last_hour_view_reads_na_for_inserts_and_updates(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from exporter.config import StoreConfig, parse_config
 from exporter.dashboards import Json, Options, build_dashboards
 from exporter.labels import label_text
 from exporter.schema import create_reference_schema, sync_error, sync_queue
-from tests.dashboards.common import dashboards, reference_store
+from tests.dashboards.common import dashboards, link_values, reference_store
 from tests.dashboards.conftest import empty_database, store_engine
 from tests.dashboards.grafana_frontend import (
     SQL_PLUGINS,
@@ -44,7 +45,7 @@ OBJECTS = ("lead", "contact", "account", "opportunity")
 OPERATIONS = ("insert", "update")
 DIRECTIONS = ("to_crm", "from_crm")
 # A code with every character that needs care on its way through a URL, PromQL and SQL.
-AWKWARD_CODE = "Q'UOTE\\BACK%PCT$DOLLAR:COLON_ÜBER"
+AWKWARD_CODE = "Q'UOTE\\BACK%PCT%41$DOLLAR:COLON_ÜBER&AMP#HASH+PLUS SP"
 CODES = (
     "DUPLICATE_VALUE",
     "REQUEST_LIMIT_EXCEEDED",
@@ -216,7 +217,7 @@ SEARCHES = [
     "REQUEST_LIMIT",
     "record 3;",
     "see record 5; it's",
-    "pct$dollar:colon_über",
+    "pct%41$dollar:colon_über&amp#hash+plus",
 ]
 STATES = [
     State("default", ""),
@@ -426,18 +427,37 @@ LABEL_CASES = [
 ]
 
 
-def _labels(row: tuple[str, str, str, str]) -> tuple[str, str, str, str]:
-    """The exporter's label values of a stored row, given what it reports."""
+# The exporter folds nothing yet and has not seen campaigns or the odd codes since it started
+# (it counts from its first read: failures from before then have no series).
+UNSEEN_CASES = [
+    ("error_code", "TOTALLY_NEW_CODE"),
+    ("error_code", "unknown"),
+    ("error_code", "X" * 64),
+    ("object", "campaign"),
+    ("object", "campaign_member"),
+]
+REPORTS = {"label": (REPORTED, LABEL_CASES), "unseen": (LABELS, UNSEEN_CASES)}
+
+
+def _labels(
+    row: tuple[str, str, str, str], reported: Mapping[str, Sequence[str]]
+) -> tuple[str, str, str, str]:
+    """The exporter's label values of a stored row, given what it reports: a value it does not
+    report is other once it reports other (its cap is full), and itself before."""
+
+    def capped(text: str, name: str, preset: Sequence[str] = ()) -> str:
+        listed = reported[name]
+        kept = text in listed or text in preset or "other" not in listed
+        return text if kept else "other"
+
     obj, operation, direction, code = row
-    object_text = label_text(obj, lower=True)
-    code_text = label_text(code, lower=False)
     operation_text = label_text(operation, lower=True)
     direction_text = label_text(direction, lower=True)
     return (
-        object_text if object_text in REPORTED_OBJECTS else "other",
+        capped(label_text(obj, lower=True), "object", OBJECTS),
         operation_text if operation_text in OPERATIONS else "other",
         direction_text if direction_text in DIRECTIONS else "other",
-        code_text if code_text in REPORTED_CODES else "other",
+        capped(label_text(code, lower=False), "error_code"),
     )
 
 
@@ -628,8 +648,13 @@ def cases(dialect: SqlDialect) -> list[Case]:
         *[Case(f"oldest {i}", detail, url(*pairs)) for i, pairs in enumerate(OLDEST_CASES)],
         *[Case(f"mapped {s.name}", mapped, s.url, (FAILED,)) for s in MAPPED_CASES],
         *[
-            Case(f"label {v}={value}", errors, url((v, value)), (FAILED,), "odd", REPORTED)
-            for v, value in LABEL_CASES
+            Case(f"{kind} {v}={value}", errors, url((v, value)), (FAILED,), "odd", reported)
+            for kind, (reported, label_cases) in REPORTS.items()
+            for v, value in label_cases
+        ],
+        *[
+            Case(f"{kind} top", errors, "", (TOP_CODES,), "odd", reported)
+            for kind, (reported, _) in REPORTS.items()
         ],
         *[
             Case(f"ages {zoned}", detail, url(("object", "lead")), store=f"berlin-{zoned}")
@@ -807,35 +832,59 @@ def test_top_error_codes_count_share_last_seen_and_newest_message(
         (code_column,) = [c for c in frame["fields"] if c["name"] == "error code"]
         for code, links in zip(code_column["values"], code_column["links"], strict=True):
             (link,) = links
-            assert f"var-error_code={quote(code, safe='')}" in link["href"], link["href"]
+            assert link_values(link["href"], "error_code") == [code], link["href"]
 
 
-def test_folded_and_blank_values_are_found_under_the_exporters_labels(
-    answered: dict[str, Result],
+def _odd_store_rows() -> list[tuple[str, tuple[str, str, str, str]]]:
+    """The odd store's failures in the range: (record id, (object, operation, direction, code))."""
+    rows = [(f"ODD{index}", row) for index, row in enumerate(ODD_FAILURES)]
+    rows += [
+        (row.record_id, (row.object, row.operation, row.direction, row.error_code))
+        for row in failures()
+        if RANGE.start <= row.failed_at.replace(tzinfo=UTC) <= RANGE.end
+    ]
+    return rows
+
+
+@pytest.mark.parametrize("kind", REPORTS)
+def test_folded_blank_and_unseen_values_are_found_under_the_exporters_labels(
+    answered: dict[str, Result], kind: str
 ) -> None:
-    """A series labelled other or unknown leads to its records: the exporter's rules in SQL."""
-    for variable, value in LABEL_CASES:
+    """A series labelled other or unknown leads to its records: the exporter's rules in SQL.
+    A value the exporter does not report while it folds nothing (it has not seen it since it
+    started) keeps its name, as the exporter would report it."""
+    reported, label_cases = REPORTS[kind]
+    for variable, value in label_cases:
         position = {"object": 0, "operation": 1, "direction": 2, "error_code": 3}[variable]
         expected_ids = sorted(
-            f"ODD{index}"
-            for index, row in enumerate(ODD_FAILURES)
-            if _labels(row)[position] == value
-        )
-        expected_ids += sorted(
-            row.record_id
-            for row in failures()
-            if RANGE.start <= row.failed_at.replace(tzinfo=UTC) <= RANGE.end
-            and (row.object, row.operation, row.direction, row.error_code)[position] == value
+            record for record, row in _odd_store_rows() if _labels(row, reported)[position] == value
         )
         assert expected_ids
-        rows = table_rows(answered[f"label {variable}={value}"], FAILED)
-        assert sorted(row[2] for row in rows) == sorted(expected_ids), f"{variable}={value}"
+        rows = table_rows(answered[f"{kind} {variable}={value}"], FAILED)
+        assert sorted(row[2] for row in rows) == expected_ids, f"{variable}={value}"
         # Shown as the store has them, stripped and cut as labels are.
         for row in rows:
             if row[2].startswith("ODD"):
                 obj, _, _, code = ODD_FAILURES[int(row[2].removeprefix("ODD"))]
                 assert row[1] == label_text(obj, lower=True)
                 assert row[6] == label_text(code, lower=False)
+
+
+@pytest.mark.parametrize("kind", REPORTS)
+def test_top_error_codes_name_codes_as_the_exporter_does(
+    answered: dict[str, Result], kind: str
+) -> None:
+    """Folded codes count under other; codes the exporter has not seen, while it folds nothing,
+    under their own names, each a link to its failures."""
+    reported, _ = REPORTS[kind]
+    counted = Counter(_labels(row, reported)[3] for _, row in _odd_store_rows())
+    shown = table_rows(answered[f"{kind} top"], TOP_CODES, ("error code", "failures"))
+    assert dict(shown) == counted
+    if kind == "unseen":
+        assert "other" not in counted
+        assert counted["TOTALLY_NEW_CODE"] == 1
+    else:
+        assert counted["other"] == 1  # TOTALLY_NEW_CODE, over the cap
 
 
 def test_without_a_list_of_reported_values_nothing_is_called_other(

@@ -157,7 +157,7 @@ function plain(value) {
   return value;
 }
 
-/** The columns a table panel shows: display name, raw values, formatted texts, links. */
+/** The columns a table panel shows: display name, labels, raw values, formatted texts, links. */
 export function tableView(frames) {
   return frames.map((frame) => ({
     refId: frame.refId,
@@ -167,6 +167,7 @@ export function tableView(frames) {
       .map((field) => ({
         name: getFieldDisplayName(field, frame, frames),
         type: field.type,
+        labels: field.labels ?? {},
         values: Array.from(field.values, plain),
         texts: Array.from(field.values, (value) => formattedValueToString(field.display(value))),
         colors: Array.from(field.values, (value) => field.display(value).color ?? null),
