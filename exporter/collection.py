@@ -17,8 +17,9 @@ from exporter.config import StoreConfig
 from exporter.dialects import configure_engine, connect_arguments, interrupt_connection
 from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
+from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.queries import StoreQueries, build_queries
-from exporter.tally import LATENCY_BUCKETS, Counter, Debuts, Histogram, HistogramValue
+from exporter.tally import Counter, Debuts, Histogram, HistogramValue
 
 log = logging.getLogger(__name__)
 

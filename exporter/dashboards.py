@@ -52,6 +52,7 @@ from sqlalchemy.engine import make_url
 
 from exporter.config import ConfigError, StoreConfig, load_config
 from exporter.dashboard_sql import REPORTED_ERROR_CODES, REPORTED_OBJECTS, SqlDialect, StoreSql
+from exporter.metric_specs import LATENCY_BUCKETS
 
 Json = dict[str, Any]
 
@@ -69,8 +70,6 @@ SQL_PLUGIN: dict[SqlDialect, str] = {
     "postgresql": "grafana-postgresql-datasource",
     "mysql": "mysql",
 }
-# Upper bounds of crmsync_sync_latency_seconds (exporter.tally.LATENCY_BUCKETS), as `le` text.
-LATENCY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 AGE_STEPS = ((None, "green"), (900.0, "orange"), (3600.0, "red"))
 
 _PROMETHEUS = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -1423,7 +1422,8 @@ def build_dashboards(store: StoreConfig, options: Options = Options()) -> dict[s
     """The four dashboards for ``store``, keyed by file name."""
     if options.latency_objective not in LATENCY_BUCKETS:
         raise ValueError(
-            f"the latency objective must be a histogram bucket bound, one of {LATENCY_BUCKETS}"
+            "the latency objective must be a histogram bucket bound, one of "
+            + ", ".join(f"{bound:g}" for bound in LATENCY_BUCKETS)
         )
     if options.page_size < 1:
         raise ValueError("the page size must be at least 1")

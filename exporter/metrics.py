@@ -10,20 +10,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter import metric_specs as specs
+from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.runner import StoreState
-from exporter.tally import LATENCY_BUCKETS
 
-SERIES = ["store", "object", "operation", "direction"]
 _BUCKET_BOUNDS = [f"{bound:g}" for bound in LATENCY_BUCKETS] + ["+Inf"]
 
 
@@ -96,11 +90,7 @@ class SyncStoreCollector(Collector):
 
     def _ages(self, states: Sequence[StoreState], now: float) -> Metric:
         """The oldest pending ages at ``now``, on the database's clock."""
-        age = GaugeMetricFamily(
-            "crmsync_oldest_pending_age_seconds",
-            "Age of the oldest waiting change by the database's clock; 0 when none waits.",
-            labels=SERIES,
-        )
+        age = specs.OLDEST_AGE.gauge()
         for state in states:
             gauges = state.gauges
             if gauges is None or not state.up(now):
@@ -114,46 +104,14 @@ class SyncStoreCollector(Collector):
         return age
 
     def _store_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
-        pending = GaugeMetricFamily(
-            "crmsync_pending_records", "Changes waiting in the sync queue.", labels=SERIES
-        )
-        oldest = GaugeMetricFamily(
-            "crmsync_oldest_pending_timestamp_seconds",
-            "Enqueue time of the oldest waiting change (Unix seconds); absent when none waits.",
-            labels=SERIES,
-        )
-        last_hour = GaugeMetricFamily(
-            "crmsync_records_synced_last_hour",
-            "Changes synced in the previous full clock hour.",
-            labels=["store", "object", "direction"],
-        )
-        last_hour_start = GaugeMetricFamily(
-            "crmsync_records_synced_last_hour_start_timestamp_seconds",
-            "Start (Unix seconds) of the hour crmsync_records_synced_last_hour counts.",
-            labels=["store"],
-        )
-        synced = CounterMetricFamily(
-            "crmsync_records_synced",
-            "Changes synced since the exporter started reading the store.",
-            labels=SERIES,
-        )
-        errors = CounterMetricFamily(
-            "crmsync_sync_errors",
-            "Failed sync attempts since the exporter started reading the store.",
-            labels=[*SERIES, "error_code"],
-        )
-        latency = HistogramMetricFamily(
-            "crmsync_sync_latency_seconds",
-            "Time from enqueue to sync of each change synced since the exporter started reading "
-            "the store.",
-            labels=SERIES,
-        )
-        future = GaugeMetricFamily(
-            "crmsync_future_timestamp_rows",
-            "Rows stamped later than the database's clock (a writer's clock is ahead): "
-            "queue by enqueued_at, history by synced_at, errors by failed_at.",
-            labels=["store", "table"],
-        )
+        pending = specs.PENDING.gauge()
+        oldest = specs.OLDEST_TIMESTAMP.gauge()
+        last_hour = specs.LAST_HOUR.gauge()
+        last_hour_start = specs.LAST_HOUR_START.gauge()
+        synced = specs.SYNCED.counter()
+        errors = specs.ERRORS.counter()
+        latency = specs.LATENCY.histogram()
+        future = specs.FUTURE_ROWS.gauge()
         for state in states:
             store = state.store
             gauges = state.gauges
@@ -183,46 +141,15 @@ class SyncStoreCollector(Collector):
         yield from (pending, oldest, last_hour, last_hour_start, synced, errors, latency, future)
 
     def _self_metrics(self, states: Sequence[StoreState], now: float) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "crmsync_up", "1 when the last collection from the store succeeded.", labels=["store"]
-        )
-        duration = GaugeMetricFamily(
-            "crmsync_collection_duration_seconds",
-            "How long the last successful collection took.",
-            labels=["store"],
-        )
-        query_duration = GaugeMetricFamily(
-            "crmsync_query_duration_seconds",
-            "Time spent in each step of the last successful collection.",
-            labels=["store", "query"],
-        )
-        last_success = GaugeMetricFamily(
-            "crmsync_last_successful_collection_timestamp_seconds",
-            "Unix time of the last successful collection.",
-            labels=["store"],
-        )
-        collections = CounterMetricFamily(
-            "crmsync_collections", "Collection cycles run.", labels=["store"]
-        )
-        failures = CounterMetricFamily(
-            "crmsync_collection_failures", "Collection cycles that failed.", labels=["store"]
-        )
-        folded = GaugeMetricFamily(
-            "crmsync_folded_label_values",
-            "Distinct store values reported as 'other' (over a cap, or not in the mapping).",
-            labels=["store", "label"],
-        )
-        gaps = GaugeMetricFamily(
-            "crmsync_open_id_gaps",
-            "Id ranges skipped by concurrent writers and still watched for late commits.",
-            labels=["store"],
-        )
-        late = CounterMetricFamily(
-            "crmsync_late_rows",
-            "Rows counted that became visible stamped more than settle_time ago (status-table "
-            "layout); rows later than twice settle_time are missed.",
-            labels=["store", "table"],
-        )
+        up = specs.UP.gauge()
+        duration = specs.COLLECTION_DURATION.gauge()
+        query_duration = specs.QUERY_DURATION.gauge()
+        last_success = specs.LAST_SUCCESS.gauge()
+        collections = specs.COLLECTIONS.counter()
+        failures = specs.COLLECTION_FAILURES.counter()
+        folded = specs.FOLDED.gauge()
+        gaps = specs.OPEN_GAPS.gauge()
+        late = specs.LATE_ROWS.counter()
         for state in states:
             store = state.store
             up.add_metric([store], 1.0 if state.up(now) else 0.0)
@@ -239,9 +166,7 @@ class SyncStoreCollector(Collector):
             gaps.add_metric([store], state.totals.open_gaps)
             for table_role, count in state.totals.late_rows.items():
                 late.add_metric([store, table_role], count)
-        build = InfoMetricFamily(
-            "crmsync_build", "Version of crmsync-exporter and of Python running it."
-        )
+        build = specs.BUILD.info()
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield from (up, duration, query_duration, last_success, collections, failures, folded)
         yield from (gaps, late, build)

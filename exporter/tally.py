@@ -8,25 +8,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-Key = TypeVar("Key", bound=Hashable)
+from exporter.metric_specs import LATENCY_BUCKETS
 
-# From seconds to a day: a healthy sync takes seconds, a stuck one hours.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    1.0,
-    5.0,
-    15.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    14400.0,
-    43200.0,
-    86400.0,
-)
+Key = TypeVar("Key", bound=Hashable)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from datetime import UTC, timedelta
 import pytest
 import sqlalchemy as sa
 
+from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.schema import create_reference_schema, sync_history, sync_queue
-from exporter.tally import LATENCY_BUCKETS
 from tests.helpers import (
     DIRECTIONS,
     OBJECTS,
