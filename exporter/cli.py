@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import re
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -20,20 +20,25 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
 )
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.engine import make_url
 
 from exporter import __version__, allocator
 from exporter.collection import StoreCollector
 from exporter.config import Config, ConfigError, load_config
+from exporter.connections import ConnectionLimits, DatabaseUrlError, server_of
 from exporter.dialects import UnsupportedDatabaseError
 from exporter.http import ExporterHTTPServer
 from exporter.logs import setup_logging
 from exporter.metrics import SyncStoreCollector
-from exporter.runner import StoreRunner
+from exporter.publisher import Publisher
+from exporter.runner import StoreRunner, StoreState
+from exporter.scheduler import Scheduler
 from exporter.sharding import Shard, ShardInfo
 from exporter.web_config import WebConfig, load_web_config
 
 DEFAULT_PORT = 9312
+# Kubernetes kills a pod 30 s after SIGTERM; systemd and docker wait 10 s by default.
+SHUTDOWN_SECONDS = 4.5
 log = logging.getLogger("exporter")
 
 
@@ -132,20 +137,18 @@ def parse_shard(index: str, count: str) -> Shard:
         raise UsageError(f"--shard.index {index} --shard.count {count}: {error}") from None
 
 
-def build_runners(config: Config, shard: Shard) -> list[StoreRunner]:
+def build_runners(
+    config: Config, shard: Shard, limits: ConnectionLimits | None = None
+) -> list[StoreRunner]:
     """A runner for each store of the shard; a store's errors name its place in the file."""
     runners = []
     for index, store in enumerate(config.stores):
         if not shard.keeps(store):
             continue
         try:
-            runners.append(StoreRunner(StoreCollector(store)))
-        except (NoSuchModuleError, UnsupportedDatabaseError, ArgumentError) as error:
+            runners.append(StoreRunner(StoreCollector(store, limits=limits)))
+        except (DatabaseUrlError, UnsupportedDatabaseError) as error:
             raise UsageError(f"stores[{index}].url: {error}") from None
-        except ModuleNotFoundError as error:
-            raise UsageError(
-                f"stores[{index}].url: the database driver {error.name!r} is not installed"
-            ) from None
     return runners
 
 
@@ -186,28 +189,39 @@ def run(args: argparse.Namespace) -> int:
             print(f"{shard}: {len(kept)} store(s): {kept_names}")
         return 0
 
-    runners = build_runners(config, shard)
+    limits = ConnectionLimits(config.connections.per_server, config.connections.keep_open_below)
+    runners = build_runners(config, shard, limits)
+    # Scrapes read the states the metrics were last written from, not the runners' latest:
+    # with hundreds of stores a state changes every few milliseconds, and each change would
+    # make the next scrape build every family anew.
+    published_states: list[tuple[StoreState, ...]] = [tuple(r.state for r in runners)]
     registry = CollectorRegistry(auto_describe=False)
-    store_metrics = SyncStoreCollector(lambda: [runner.state for runner in runners])
+    store_metrics = SyncStoreCollector(lambda: published_states[0])
     registry.register(store_metrics)
     registry.register(ShardInfo(shard))
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
 
-    # Stores whose first collection (or failure) /metrics already shows. Ready once that is
-    # every store: from then on /metrics tells the truth about each (crmsync_up says which
-    # could not be read).
-    published: set[str] = set()
-
-    def ready() -> bool:
-        return len(published) == len(runners)
-
-    def publish(store: str) -> None:
-        # Write each collection's metrics once, before any scrape asks for them.
+    def publish() -> None:
+        # Write the metrics once, before any scrape asks for them.
+        published_states[0] = tuple(runner.state for runner in runners)
         server.exposition.refresh(store_metrics)
-        published.add(store)
+
+    publisher = Publisher(publish)
+
+    # Ready once every store's first collection (or failure) is in /metrics: from then on
+    # /metrics tells the truth about each (crmsync_up says which could not be read).
+    def ready() -> bool:
+        return len(publisher.published) == len(runners)
 
     server = make_server(args.listen_address, args.telemetry_path, web_config, registry, ready)
+    scheduler = Scheduler(
+        runners,
+        workers=config.collection.workers,
+        per_server=config.connections.per_server,
+        server_of=lambda runner: server_of(make_url(runner.collector.config.url)),
+        after_cycle=lambda runner: publisher.collected(runner.name),
+    )
 
     # A scrape is short and waits on sockets; a collection cycle computes for tens of
     # milliseconds. Handing the interpreter over every millisecond rather than every five
@@ -222,14 +236,23 @@ def run(args: argparse.Namespace) -> int:
     )
     for runner in runners:
         store = runner.collector.config
-        runner.after_cycle = functools.partial(publish, store.name)
         log.info(
             "collecting",
             extra={"store": store.name, "url": store.display_url(), "interval": store.interval},
         )
-        runner.start()
+    log.info(
+        "collection workers",
+        extra={
+            "workers": config.collection.workers,
+            "connections_per_server": config.connections.per_server,
+        },
+    )
+    publisher.start()
+    scheduler.start()
+    stop_by = [float("inf")]
 
     def shut_down(signum: int, _frame: FrameType | None) -> None:
+        stop_by[0] = min(stop_by[0], time.monotonic() + SHUTDOWN_SECONDS)
         log.info("shutting down", extra={"signal": signal.Signals(signum).name})
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -243,10 +266,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     finally:
+        deadline = min(stop_by[0], time.monotonic() + SHUTDOWN_SECONDS)
         server.server_close()
-        for runner in runners:
-            runner.stop()
+        # Every store at once, against one deadline: collections still running have their
+        # statements cancelled; what is still busy at the deadline ends with the process.
+        if not scheduler.stop(deadline):
+            log.warning("collections still running at exit", extra={"stores": len(runners)})
+        publisher.stop(max(0.0, deadline - time.monotonic()))
+        close_all(runners, deadline)
     return 0
+
+
+def close_all(runners: Sequence[StoreRunner], deadline: float) -> None:
+    """Close the stores' connections, in a thread: a dead network must not hold the exit."""
+
+    def close() -> None:
+        for runner in runners:
+            runner.close()
+
+    closer = threading.Thread(target=close, name="close", daemon=True)
+    closer.start()
+    closer.join(max(0.0, deadline - time.monotonic()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

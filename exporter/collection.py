@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, Engine
 
 from exporter.config import StoreConfig
+from exporter.connections import ConnectionLimits, cancel_statement, store_engine
 from exporter.dialects import configure_engine, connect_arguments, interrupt_connection
 from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
@@ -221,9 +222,10 @@ class StoreCollector:
         config: StoreConfig,
         engine: Engine | None = None,
         clock: Callable[[], float] = time.monotonic,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.config = config
-        self.engine = engine or make_engine(config)
+        self.engine = engine or make_engine(config, limits)
         self.labels = StoreLabels(config)
         self.queries = build_queries(config, self.engine.dialect.name)
         self._clock = clock
@@ -395,6 +397,11 @@ class StoreCollector:
                 )
                 self._late_logged[name] = (now, feed.late_rows)
 
+    def cancel(self, timeout: float) -> None:
+        """End the statements this store is running, from another thread (shutdown)."""
+        for dbapi_connection in list(self._connections):
+            cancel_statement(dbapi_connection, timeout)
+
     def close(self) -> None:
         self._watchdog.close()
         self.engine.dispose()
@@ -416,21 +423,17 @@ class StoreCollector:
         return backlog, future
 
 
-def make_engine(config: StoreConfig) -> Engine:
-    """An engine with one connection, checked before use and bounded by the query timeout."""
+def make_engine(config: StoreConfig, limits: ConnectionLimits | None = None) -> Engine:
+    """The store's engine: read-only sessions bounded by the query timeout (see connections)."""
     url = read_only_sqlite(config.database_url())
-    pool: dict[str, Any] = {}
-    if url.get_backend_name() != "sqlite":
-        pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": config.query_timeout}
-    engine = create_engine(
+    return store_engine(
         url,
-        pool_pre_ping=True,
-        pool_recycle=3600,
         connect_args=connect_arguments(url.drivername, config.query_timeout),
-        **pool,
+        query_timeout=config.query_timeout,
+        configure=lambda engine: configure_engine(engine, config.query_timeout),
+        interval=config.interval,
+        limits=limits,
     )
-    configure_engine(engine, config.query_timeout)
-    return engine
 
 
 def read_only_sqlite(url: URL) -> URL:

@@ -24,6 +24,8 @@ from pydantic import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from exporter.connections import display_url
+
 # Table and column names are put into SQL (quoted); anything beyond a plain identifier,
 # optionally schema-qualified, is refused outright rather than trusted to quoting.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
@@ -352,7 +354,7 @@ class StoreConfig(_Frozen):
 
     def display_url(self) -> str:
         """The URL for logs and messages, never with its password."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return display_url(self.url)
 
 
 def time_zone(name: str) -> ZoneInfo:
@@ -385,10 +387,30 @@ def check_record_url(template: str) -> None:
         raise ValueError("the URL may not contain '$' or braces other than the placeholders")
 
 
+class CollectionSettings(_Frozen):
+    """How the stores' collections share the process."""
+
+    # Collections run at once. A cycle mostly waits for its database, so a few workers keep
+    # hundreds of stores on time; more only help while many servers answer slowly.
+    workers: int = Field(default=8, ge=1, le=1000)
+
+
+class ConnectionSettings(_Frozen):
+    """How the stores share their database servers."""
+
+    # Connections open at once to one server (host and port), for all its stores together:
+    # the server's max_connections belongs to the sync engine that writes the store.
+    per_server: int = Field(default=4, ge=1, le=10_000)
+    # A store read more often than this keeps its connection between cycles.
+    keep_open_below: SecondsOrZero = 5.0
+
+
 class Config(_Frozen):
     """The whole configuration file."""
 
     stores: tuple[StoreConfig, ...]
+    collection: CollectionSettings = CollectionSettings()
+    connections: ConnectionSettings = ConnectionSettings()
 
     @field_validator("stores")
     @classmethod
@@ -457,8 +479,10 @@ def load_config(path: Path) -> Config:
 
 
 __all__ = [
+    "CollectionSettings",
     "Config",
     "ConfigError",
+    "ConnectionSettings",
     "ErrorTable",
     "HistoryTable",
     "QueueTable",

@@ -18,8 +18,9 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter import cli
+from exporter.connections import describe_error
 from exporter.schema import create_reference_schema, sync_history
-from exporter.schema_cli import StoreError, describe_error
+from exporter.schema_cli import StoreError
 from exporter.simulator import (
     SCENARIOS,
     STEADY_ERROR_SHARE,

@@ -145,6 +145,13 @@ QUERY_DURATION = MetricSpec(
     ("store", "query"),
     "Time spent in each step of the last successful collection.",
 )
+START_DELAY = MetricSpec(
+    "crmsync_collection_start_delay_seconds",
+    "gauge",
+    ("store",),
+    "How much later than scheduled the last collection started (waiting for a worker or "
+    "for a connection to the store's database server).",
+)
 LAST_SUCCESS = MetricSpec(
     "crmsync_last_successful_collection_timestamp_seconds",
     "gauge",

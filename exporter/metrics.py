@@ -144,6 +144,7 @@ class SyncStoreCollector(Collector):
         up = specs.UP.gauge()
         duration = specs.COLLECTION_DURATION.gauge()
         query_duration = specs.QUERY_DURATION.gauge()
+        start_delay = specs.START_DELAY.gauge()
         last_success = specs.LAST_SUCCESS.gauge()
         collections = specs.COLLECTIONS.counter()
         failures = specs.COLLECTION_FAILURES.counter()
@@ -157,6 +158,8 @@ class SyncStoreCollector(Collector):
                 duration.add_metric([store], state.last_duration)
             for query, seconds in state.query_seconds.items():
                 query_duration.add_metric([store, query], seconds)
+            if state.start_delay is not None:
+                start_delay.add_metric([store], state.start_delay)
             if state.last_success is not None:
                 last_success.add_metric([store], state.last_success)
             collections.add_metric([store], state.collections)
@@ -168,7 +171,8 @@ class SyncStoreCollector(Collector):
                 late.add_metric([store, table_role], count)
         build = specs.BUILD.info()
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
-        yield from (up, duration, query_duration, last_success, collections, failures, folded)
+        yield from (up, duration, query_duration, start_delay, last_success, collections)
+        yield from (failures, folded)
         yield from (gaps, late, build)
 
 

@@ -1,18 +1,46 @@
-"""Runs each store's collection on its own schedule, so scrapes never query the database."""
+"""One store's collection cycles and the state they leave for the scrapes (see scheduler)."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-
-from exporter.collection import CollectionError, Gauges, StoreCollector, Totals
+from exporter.collection import Gauges, StoreCollector, Totals
+from exporter.connections import describe_error
 
 log = logging.getLogger(__name__)
+
+
+class WorkerWait:
+    """How long the store's next cycle has waited for a free worker (the scheduler says).
+
+    Freshness does not count that wait against the store: the exporter's own queue is not
+    the store failing. It changes between cycles, while states are replaced only when a
+    cycle ends, hence this one mutable part, replaced whole on each change.
+    """
+
+    def __init__(self) -> None:
+        self._span: tuple[float, float | None] | None = None
+
+    def waiting(self, since: float) -> None:
+        self._span = (since, None)
+
+    def started(self, at: float) -> None:
+        span = self._span
+        self._span = (at if span is None else span[0], at)
+
+    def finished(self) -> None:
+        self._span = None
+
+    def seconds(self, now: float) -> float:
+        """The wait of the cycle queued or running now; 0 between cycles."""
+        span = self._span
+        if span is None:
+            return 0.0
+        since, until = span
+        return max(0.0, (now if until is None else until) - since)
 
 
 @dataclass(frozen=True)
@@ -34,13 +62,19 @@ class StoreState:
     query_seconds: dict[str, float] = field(default_factory=dict)
     folded: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
+    start_delay: float | None = None
+    """How much later than scheduled the last cycle started."""
+    worker_wait: WorkerWait | None = field(default=None, compare=False, repr=False)
 
     def up(self, now: float) -> bool:
-        return self.gauges is not None and now <= self.fresh_until
+        if self.gauges is None:
+            return False
+        waited = 0.0 if self.worker_wait is None else self.worker_wait.seconds(now)
+        return now <= self.fresh_until + waited
 
 
 class StoreRunner:
-    """A daemon thread that collects one store every ``interval`` seconds."""
+    """Runs one store's cycles (when the scheduler says) and keeps what they found."""
 
     def __init__(
         self,
@@ -49,36 +83,33 @@ class StoreRunner:
     ) -> None:
         self.collector = collector
         self.name = collector.config.name
-        self._interval = collector.config.interval
+        self.interval = collector.config.interval
         # A cycle may take up to a query timeout past its interval before its gauges go stale.
         self._freshness = 2 * collector.config.interval + collector.config.query_timeout
         self._clock = clock
-        self._state = StoreState(store=self.name)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"collect-{self.name}", daemon=True)
-        self.after_cycle: Callable[[], None] | None = None
-        """Called in this thread after each cycle (the HTTP layer writes the new metrics)."""
+        self.worker_wait = WorkerWait()
+        self._state = StoreState(store=self.name, worker_wait=self.worker_wait)
 
     @property
     def state(self) -> StoreState:
         return self._state  # replaced whole, never mutated: safe to read from any thread
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+    def close(self) -> None:
         self.collector.close()
 
-    def run_once(self) -> StoreState:
-        """One cycle: query, then publish the new state (or the failure)."""
+    def run_once(self, scheduled: float | None = None) -> StoreState:
+        """One cycle: query, then publish the new state (or the failure).
+
+        ``scheduled`` is when the cycle should have started (clock time), for its delay.
+        """
         started = self._clock()
         state = self._state
+        if scheduled is not None:
+            state = replace(state, start_delay=max(0.0, started - scheduled))
         try:
             gauges = self.collector.collect()
         except Exception as error:
-            message = describe(error)
+            message = describe_error(error)
             if message != state.last_error:
                 log.warning(
                     "collection failed",
@@ -113,25 +144,3 @@ class StoreRunner:
             folded=self.collector.labels.folded_counts(),
         )
         return self._state
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            started = self._clock()
-            self.run_once()
-            if self.after_cycle is not None:
-                self.after_cycle()
-            self._stop.wait(max(0.0, self._interval - (self._clock() - started)))
-
-
-def describe(error: BaseException) -> str:
-    """A one-line reason for a failed collection, without SQL parameters or secrets."""
-    if isinstance(error, CollectionError) and error.__cause__ is not None:
-        return f"{error.step}: {describe(error.__cause__)}"
-    if isinstance(error, DBAPIError) and error.orig is not None:
-        text = f"{error.orig.__class__.__name__}: {error.orig}"
-    elif isinstance(error, SQLAlchemyError):
-        # Without the SQL and parameters SQLAlchemy appends after the first line.
-        text = f"{error.__class__.__name__}: {str(error).split(chr(10), 1)[0]}"
-    else:
-        text = f"{error.__class__.__name__}: {error}"
-    return " ".join(text.split())[:500]

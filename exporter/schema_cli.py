@@ -8,11 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Dialect, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from exporter import connections
+from exporter.connections import describe_error
 from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 
 REFERENCE_TABLES = (sync_queue, sync_history, sync_error)
@@ -37,34 +39,15 @@ def parse_store_url(text: str) -> URL:
 
 
 def display(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    return connections.display_url(url)
 
 
 def open_engine(url: URL, **kwargs: Any) -> Engine:
     """An engine for ``url``; a missing dialect or driver becomes a StoreError."""
     try:
-        return create_engine(url, **kwargs)
-    except NoSuchModuleError:
-        raise StoreError(
-            f"{display(url)}: unknown database dialect {url.drivername!r} "
-            "(use postgresql+psycopg, mysql+pymysql, mariadb+pymysql or sqlite)"
-        ) from None
-    except ModuleNotFoundError as error:
-        raise StoreError(
-            f"{display(url)}: the database driver {error.name!r} is not installed"
-        ) from None
-    except ArgumentError as error:
+        return connections.open_engine(url, **kwargs)
+    except connections.DatabaseUrlError as error:
         raise StoreError(f"{display(url)}: {error}") from None
-
-
-def describe_error(error: BaseException, url: URL) -> str:
-    """The first line of a database error, without the URL's password even if echoed."""
-    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
-    lines = str(cause).strip().splitlines()
-    text = lines[0].strip() if lines else type(cause).__name__
-    if url.password:
-        text = text.replace(str(url.password), "***")
-    return text
 
 
 def dialect_for(url: URL) -> Dialect:

@@ -48,12 +48,12 @@ from sqlalchemy import Connection, Row, Table, and_, delete, event, inspect, or_
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from exporter.connections import describe_error
 from exporter.logs import setup_logging
 from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 from exporter.schema_cli import (
     URL_ENVIRONMENT,
     StoreError,
-    describe_error,
     display,
     open_engine,
     parse_store_url,

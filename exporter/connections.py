@@ -1,0 +1,264 @@
+"""Database connections: engines, the per-server connection cap, URL display and error text."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from exporter.dialects import interrupt_connection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+SUPPORTED = "postgresql+psycopg, mysql+pymysql, mariadb+pymysql or sqlite"
+
+
+def display_url(url: URL | str) -> str:
+    """The URL for logs and messages, never with its password."""
+    return (make_url(url) if isinstance(url, str) else url).render_as_string(hide_password=True)
+
+
+def describe_error(error: BaseException, url: URL | None = None) -> str:
+    """A one-line reason, without SQL parameters or the URL's password even if echoed.
+
+    An error that names the step it failed in (``step`` with the cause chained, as a
+    collection's) reads ``step: reason``.
+    """
+    step = getattr(error, "step", None)
+    if isinstance(step, str) and error.__cause__ is not None:
+        return f"{step}: {describe_error(error.__cause__, url)}"
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        text = f"{error.orig.__class__.__name__}: {error.orig}"
+    elif isinstance(error, SQLAlchemyError):
+        # Without the SQL and parameters SQLAlchemy appends after the first line.
+        text = f"{error.__class__.__name__}: {str(error).split(chr(10), 1)[0]}"
+    else:
+        text = f"{error.__class__.__name__}: {error}"
+    if url is not None and url.password:
+        text = text.replace(str(url.password), "***")
+    return " ".join(text.split())[:500]
+
+
+class DatabaseUrlError(ValueError):
+    """A URL no engine can be built for: unknown dialect, missing driver, bad arguments."""
+
+
+def open_engine(url: URL, **kwargs: Any) -> Engine:
+    """``create_engine`` with a one-line DatabaseUrlError for what the URL gets wrong."""
+    try:
+        return create_engine(url, **kwargs)
+    except NoSuchModuleError:
+        raise DatabaseUrlError(
+            f"unknown database dialect {url.drivername!r} (use {SUPPORTED})"
+        ) from None
+    except ModuleNotFoundError as error:
+        raise DatabaseUrlError(f"the database driver {error.name!r} is not installed") from None
+    except ArgumentError as error:
+        raise DatabaseUrlError(str(error)) from None
+
+
+def server_of(url: URL) -> tuple[str, int] | None:
+    """The (host, port) a URL's connections go to; None for SQLite, which has no server."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return None
+    return (url.host or "localhost", url.port or DEFAULT_PORTS.get(backend, 0))
+
+
+class ServerBusyError(Exception):
+    """No connection to the store's server could be opened within the cap in time."""
+
+
+@dataclass(eq=False)
+class _Open:
+    """One open connection counted against its server's cap."""
+
+    engine: Engine
+    idle: bool = False
+
+
+@dataclass(eq=False)
+class ServerConnections:
+    """At most ``cap`` connections open at once to one database server, for all its stores.
+
+    Counted where SQLAlchemy opens (``do_connect``) and closes (``close`` events) the DBAPI
+    connections, so that reconnects after a failure, a pre-ping that replaces a dead
+    connection and a store that failed mid-cycle are all inside the count. A connection kept
+    between cycles (see ``keep_below``) holds its place while idle; a store that needs a
+    place while none is free closes one of the idle ones.
+    """
+
+    server: tuple[str, int]
+    cap: int
+    _open: dict[int, _Open] = field(default_factory=dict)
+    _opening: int = 0
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+    peak: int = 0
+    """The most connections this exporter had open to the server at once."""
+
+    @property
+    def open(self) -> int:
+        with self._changed:
+            return len(self._open) + self._opening
+
+    def attach(self, engine: Engine, wait: float) -> None:
+        """Count ``engine``'s connections; a connection waits at most ``wait`` s for a place."""
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+            self._reserve(wait)
+            try:
+                connection = dialect.connect(*cargs, **cparams)
+            except BaseException:
+                self._give_back()
+                raise
+            with self._changed:
+                self._opening -= 1
+                self._open[id(connection)] = _Open(engine)
+            return connection
+
+        def closed(dbapi_connection: Any, *_: Any) -> None:
+            with self._changed:
+                if self._open.pop(id(dbapi_connection), None) is not None:
+                    self._changed.notify_all()
+
+        def checked_in(dbapi_connection: Any, *_: Any) -> None:
+            self._mark(dbapi_connection, idle=True)
+
+        def checked_out(dbapi_connection: Any, *_: Any) -> None:
+            self._mark(dbapi_connection, idle=False)
+
+        event.listen(engine, "close", closed)
+        event.listen(engine, "close_detached", closed)
+        event.listen(engine, "checkin", checked_in)
+        event.listen(engine, "checkout", checked_out)
+
+    def _mark(self, dbapi_connection: Any, idle: bool) -> None:
+        with self._changed:
+            entry = self._open.get(id(dbapi_connection))
+            if entry is not None:
+                entry.idle = idle
+                if idle:
+                    self._changed.notify_all()
+
+    def _reserve(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        with self._changed:
+            while len(self._open) + self._opening >= self.cap:
+                idle = next((entry for entry in self._open.values() if entry.idle), None)
+                if idle is not None:
+                    idle.idle = False  # one closer per idle connection
+                    self._changed.release()
+                    try:
+                        # Closes the pool's idle connection (its close event frees the place);
+                        # a connection checked out meanwhile stays open and is waited for.
+                        idle.engine.pool.dispose()
+                    finally:
+                        self._changed.acquire()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    host, port = self.server
+                    raise ServerBusyError(
+                        f"all {self.cap} connections to {host}:{port} allowed by "
+                        "connections.per_server are in use"
+                    )
+                self._changed.wait(remaining)
+            self._opening += 1
+            self.peak = max(self.peak, len(self._open) + self._opening)
+
+    def _give_back(self) -> None:
+        """A place reserved for a connection that could not be opened."""
+        with self._changed:
+            self._opening -= 1
+            self._changed.notify_all()
+
+
+class ConnectionLimits:
+    """The cap of every database server the stores use, created as stores name servers."""
+
+    def __init__(self, per_server: int, keep_below: float) -> None:
+        self.per_server = per_server
+        self.keep_below = keep_below
+        self._servers: dict[tuple[str, int], ServerConnections] = {}
+        self._lock = threading.Lock()
+
+    def server(self, key: tuple[str, int]) -> ServerConnections:
+        with self._lock:
+            if key not in self._servers:
+                self._servers[key] = ServerConnections(key, self.per_server)
+            return self._servers[key]
+
+    def servers(self) -> list[ServerConnections]:
+        with self._lock:
+            return list(self._servers.values())
+
+    def keeps(self, interval: float) -> bool:
+        """Whether a store collected every ``interval`` seconds keeps its connection open.
+
+        Connecting costs a few milliseconds (PostgreSQL forks a backend; TLS adds round trips):
+        nothing next to an interval of 15 s, while a connection kept open holds one of the
+        server's ``max_connections`` for the whole interval, taken from the engine that
+        writes the store. Only a store read every few seconds reconnects often enough for
+        the saving to matter (see BENCHMARKS.md, fleet).
+        """
+        return interval < self.keep_below
+
+
+def store_engine(
+    url: URL,
+    connect_args: dict[str, Any],
+    query_timeout: float,
+    configure: Callable[[Engine], None],
+    interval: float,
+    limits: ConnectionLimits | None,
+) -> Engine:
+    """A store's engine: one connection, checked before use; capped per server when limited.
+
+    Without ``limits`` (a collector built on its own, as the tests and benchmark do) the one
+    connection stays open between cycles.
+    """
+    server = server_of(url)
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_recycle": 3600,
+        "connect_args": connect_args,
+    }
+    if server is not None:
+        if limits is None or limits.keeps(interval):
+            options.update(pool_size=1, max_overflow=0, pool_timeout=query_timeout)
+        else:
+            # Closed when the cycle returns it: no pre-ping needed on a new connection.
+            options.update(poolclass=NullPool, pool_pre_ping=False)
+            del options["pool_recycle"]
+    engine = open_engine(url, **options)
+    configure(engine)
+    if server is not None and limits is not None:
+        limits.server(server).attach(engine, wait=query_timeout)
+    return engine
+
+
+def cancel_statement(dbapi_connection: Any, timeout: float) -> None:
+    """Ask the server to end the statement ``dbapi_connection`` is running, from another thread.
+
+    PostgreSQL gets a cancel request (a separate, short-lived connection the server does not
+    count as a session); PyMySQL has no cancel, and a KILL QUERY would need a second session,
+    over the cap: its socket is shut instead (the server ends the statement when it notices);
+    SQLite is interrupted in-process.
+    """
+    if getattr(dbapi_connection, "pgconn", None) is not None:  # psycopg
+        with contextlib.suppress(Exception):
+            if not dbapi_connection.closed:
+                dbapi_connection.cancel_safe(timeout=timeout)
+                return
+    interrupt_connection(dbapi_connection)
