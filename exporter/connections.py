@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -84,7 +87,15 @@ class _Open:
     """One open connection counted against its server's cap."""
 
     engine: Engine
+    connection: Any
+    established: bool = False
+    """Whether its session was set up: SQLAlchemy drops a connection whose setup failed
+    without closing it, so the cap closes it (see ``_sweep``)."""
     idle: bool = False
+
+
+# How long a closed connection keeps its place while the server has not yet hung up.
+CLOSE_CONFIRMATION = 2.0
 
 
 @dataclass(eq=False)
@@ -93,15 +104,18 @@ class ServerConnections:
 
     Counted where SQLAlchemy opens (``do_connect``) and closes (``close`` events) the DBAPI
     connections, so that reconnects after a failure, a pre-ping that replaces a dead
-    connection and a store that failed mid-cycle are all inside the count. A connection kept
-    between cycles (see ``keep_below``) holds its place while idle; a store that needs a
-    place while none is free closes one of the idle ones.
+    connection and a store that failed mid-cycle are all inside the count. A closed
+    connection keeps its place until the server hangs up on it: PostgreSQL and MariaDB end
+    a session a moment after the client says goodbye, and a new one opened meanwhile would
+    put the server's own count over the cap. A connection kept between cycles holds its
+    place while idle; a store that needs a place while none is free closes an idle one.
     """
 
     server: tuple[str, int]
     cap: int
     _open: dict[int, _Open] = field(default_factory=dict)
     _opening: int = 0
+    _closing: list[tuple[socket.socket, float]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     peak: int = 0
     """The most connections this exporter had open to the server at once."""
@@ -109,28 +123,41 @@ class ServerConnections:
     @property
     def open(self) -> int:
         with self._changed:
-            return len(self._open) + self._opening
+            return self._count()
+
+    def _count(self) -> int:
+        return len(self._open) + self._opening + len(self._closing)
 
     def attach(self, engine: Engine, wait: float) -> None:
         """Count ``engine``'s connections; a connection waits at most ``wait`` s for a place."""
 
         @event.listens_for(engine, "do_connect")
         def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+            self._sweep(engine)
             self._reserve(wait)
             try:
                 connection = dialect.connect(*cargs, **cparams)
             except BaseException:
-                self._give_back()
+                with self._changed:
+                    self._opening -= 1
+                    self._changed.notify_all()
                 raise
             with self._changed:
                 self._opening -= 1
-                self._open[id(connection)] = _Open(engine)
+                self._open[id(connection)] = _Open(engine, connection)
             return connection
 
-        def closed(dbapi_connection: Any, *_: Any) -> None:
+        def established(dbapi_connection: Any, *_: Any) -> None:
+            with self._changed:
+                entry = self._open.get(id(dbapi_connection))
+                if entry is not None:
+                    entry.established = True
+
+        def closing(dbapi_connection: Any, *_: Any) -> None:
+            # Fired just before the driver closes the connection.
             with self._changed:
                 if self._open.pop(id(dbapi_connection), None) is not None:
-                    self._changed.notify_all()
+                    self._await_hang_up(dbapi_connection)
 
         def checked_in(dbapi_connection: Any, *_: Any) -> None:
             self._mark(dbapi_connection, idle=True)
@@ -138,10 +165,53 @@ class ServerConnections:
         def checked_out(dbapi_connection: Any, *_: Any) -> None:
             self._mark(dbapi_connection, idle=False)
 
-        event.listen(engine, "close", closed)
-        event.listen(engine, "close_detached", closed)
+        event.listen(engine, "connect", established)
+        event.listen(engine, "handle_error", lambda _context: self._sweep(engine))
+        event.listen(engine, "close", closing)
+        event.listen(engine, "close_detached", closing)
         event.listen(engine, "checkin", checked_in)
         event.listen(engine, "checkout", checked_out)
+
+    def _await_hang_up(self, dbapi_connection: Any) -> None:
+        """Keep the connection's place until its server closes the socket (lock held)."""
+        duplicate = duplicate_socket(dbapi_connection)
+        if duplicate is None:
+            self._changed.notify_all()
+        else:
+            self._closing.append((duplicate, time.monotonic() + CLOSE_CONFIRMATION))
+
+    def _hung_up(self) -> None:
+        """Free the places of closed connections the servers have hung up on (lock held)."""
+        if not self._closing:
+            return
+        now = time.monotonic()
+        readable, _, _ = select.select([sock for sock, _ in self._closing], [], [], 0)
+        still: list[tuple[socket.socket, float]] = []
+        for sock, give_up in self._closing:
+            if sock in readable or now > give_up:
+                sock.close()
+            else:
+                still.append((sock, give_up))
+        self._closing = still
+
+    def _sweep(self, engine: Engine) -> None:
+        """Close the connections of ``engine`` whose session setup failed.
+
+        A store's engine is used by one cycle at a time: when it connects again or reports
+        an error, a connection of it that never finished its setup was dropped.
+        """
+        with self._changed:
+            dropped = [
+                (key, entry)
+                for key, entry in self._open.items()
+                if entry.engine is engine and not entry.established
+            ]
+            for key, entry in dropped:
+                del self._open[key]
+                self._await_hang_up(entry.connection)
+        for _, entry in dropped:
+            with contextlib.suppress(Exception):
+                entry.connection.close()
 
     def _mark(self, dbapi_connection: Any, idle: bool) -> None:
         with self._changed:
@@ -154,7 +224,10 @@ class ServerConnections:
     def _reserve(self, wait: float) -> None:
         deadline = time.monotonic() + wait
         with self._changed:
-            while len(self._open) + self._opening >= self.cap:
+            while True:
+                self._hung_up()
+                if self._count() < self.cap:
+                    break
                 idle = next((entry for entry in self._open.values() if entry.idle), None)
                 if idle is not None:
                     idle.idle = False  # one closer per idle connection
@@ -173,15 +246,30 @@ class ServerConnections:
                         f"all {self.cap} connections to {host}:{port} allowed by "
                         "connections.per_server are in use"
                     )
-                self._changed.wait(remaining)
+                # Hang-ups are seen by polling: a few milliseconds after the goodbye.
+                self._changed.wait(min(remaining, 0.005) if self._closing else remaining)
             self._opening += 1
-            self.peak = max(self.peak, len(self._open) + self._opening)
+            self.peak = max(self.peak, self._count())
 
-    def _give_back(self) -> None:
-        """A place reserved for a connection that could not be opened."""
-        with self._changed:
-            self._opening -= 1
-            self._changed.notify_all()
+
+def duplicate_socket(dbapi_connection: Any) -> socket.socket | None:
+    """A second descriptor of the connection's socket, to see the server hang up."""
+    try:
+        if getattr(dbapi_connection, "pgconn", None) is not None:  # psycopg
+            fd = int(dbapi_connection.pgconn.socket)
+        else:  # PyMySQL
+            sock = getattr(dbapi_connection, "_sock", None)
+            if sock is None:
+                return None
+            fd = sock.fileno()
+    except Exception:  # closed already
+        return None
+    if fd < 0:
+        return None
+    try:
+        return socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
 
 
 class ConnectionLimits:

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -58,7 +58,8 @@ def free_port() -> int:
 class PgInstance:
     """A throw-away cluster; as root it runs as the ``postgres`` OS user, as PostgreSQL insists."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+        """``settings`` override SETTINGS (postgresql.conf values, quoted as there)."""
         self.bin = find_binaries()
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="crmsync-pg-"))
@@ -90,7 +91,8 @@ class PgInstance:
             f"local all all trust\nhost all {SUPERUSER} 127.0.0.1/32 trust\n"
             "host all all 127.0.0.1/32 scram-sha-256\n"
         )
-        conf = "".join(f"{key} = {value}\n" for key, value in SETTINGS.items())
+        merged = {**SETTINGS, **(settings or {})}
+        conf = "".join(f"{key} = {value}\n" for key, value in merged.items())
         conf += f"port = {self.port}\nunix_socket_directories = '{self.root}'\n"
         self._write(self.data / "pg_hba.conf", hba)
         with (self.data / "postgresql.conf").open("a") as handle:
