@@ -1,13 +1,15 @@
 """Runs the benchmark: builds the stores, measures, prints the tables and writes BENCHMARKS.md.
 
-python -m benchmarks             # the full run (PostgreSQL and SQLite, up to 10M rows)
-python -m benchmarks --quick     # seconds: small stores, a few cycles, no peer
+python -m benchmarks             # the full run (PostgreSQL and SQLite, up to 10M rows, fleet)
+python -m benchmarks --quick     # seconds: small stores, a few cycles, no peer, no fleet
+python -m benchmarks --fleet     # only the fleet stage: 500 stores on one PostgreSQL server
 python benchmarks/run.py --help  # the same, as a script
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sqlite3
@@ -28,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import psycopg
 import sqlalchemy as sa
 
-from benchmarks import cycles, peer, pglog, report, serving
+from benchmarks import cycles, fleet, peer, pglog, report, serving
 from benchmarks.stats import median, percentile
 from benchmarks.stores import (
     PostgresStore,
@@ -256,6 +258,7 @@ class Results:
     command: str
     stages: list[dict[str, Any]] = field(default_factory=list)
     serve: dict[str, Any] | None = None
+    fleet: dict[str, Any] | None = None
     elapsed: float = 0.0
 
 
@@ -540,6 +543,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-serve", action="store_true", help="skip the exporter process (scrapes, memory)"
     )
+    parser.add_argument(
+        "--fleet", action="store_true", help="only the fleet stage (with --quick: 20 stores)"
+    )
+    parser.add_argument("--no-fleet", action="store_true", help="skip the fleet stage")
+    parser.add_argument(
+        "--fleet-stores", type=int, default=None, help="stores in the fleet stage (500)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the stores afterwards")
     parser.add_argument("--reuse", action="store_true", help="reuse stores kept by --keep")
     parser.add_argument("--output", type=Path, default=None, help="write the report here")
@@ -547,8 +557,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def measure_fleet(plan: fleet.FleetPlan, progress: Callable[[str], None] = log) -> dict[str, Any]:
+    """The fleet stage; a failure is reported in the results rather than ending the run."""
+    try:
+        return fleet.result_dict(fleet.measure_fleet(plan, progress), plan)
+    except Exception as error:
+        progress(f"fleet stage failed: {error}")
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def fleet_plan(args: argparse.Namespace) -> fleet.FleetPlan:
+    plan = fleet.FleetPlan.quick() if args.quick else fleet.FleetPlan()
+    if args.fleet_stores is not None:
+        plan = replace(plan, stores=args.fleet_stores)
+    return plan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.fleet:
+        started = time.perf_counter()
+        results = Results(
+            machine=machine(None), command=" ".join(["python -m benchmarks", *sys.argv[1:]])
+        )
+        results.fleet = measure_fleet(fleet_plan(args))
+        results.elapsed = time.perf_counter() - started
+        text = report.render_fleet(results.__dict__)
+        print(text)
+        if args.output is not None:
+            report.write(args.output, text, report.FLEET_BEGIN, report.FLEET_END)
+        if args.json is not None:
+            args.json.write_text(json.dumps(results.__dict__, indent=2, default=str))
+        return 0
     plan = Plan.quick() if args.quick else Plan.full()
     if args.stages:
         wanted = set(args.stages.split(","))
@@ -575,13 +615,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if postgres is not None:
                 postgres.close()
+    if not args.quick and not args.no_fleet:
+        results.fleet = measure_fleet(fleet_plan(args))
     text = report.render(results.__dict__)
     print(text)
+    fleet_text = report.render_fleet(results.__dict__) if results.fleet else None
+    if fleet_text:
+        print(fleet_text)
     if args.output is not None:
         report.write(args.output, text)
+        if fleet_text:
+            report.write(args.output, fleet_text, report.FLEET_BEGIN, report.FLEET_END)
     if args.json is not None:
-        import json
-
         args.json.write_text(json.dumps(results.__dict__, indent=2, default=str))
     return 0
 
