@@ -321,6 +321,10 @@ def store_engine(
         "pool_pre_ping": True,
         "pool_recycle": 3600,
         "connect_args": connect_args,
+        # Each engine would keep its own compiled statements (a store's queries differ in
+        # their tables and parameters): about 0.7 MB a store, against 2-3 ms of CPU a cycle
+        # to compile them anew (see BENCHMARKS.md, fleet).
+        "query_cache_size": 0,
     }
     if server is not None:
         if limits is None or limits.keeps(interval):

@@ -13,8 +13,8 @@ from exporter.connections import describe_error
 log = logging.getLogger(__name__)
 
 
-class WorkerWait:
-    """How long the store's next cycle has waited for a free worker (the scheduler says).
+class QueueWait:
+    """How long the store's next cycle has waited in the exporter's queue (the scheduler says).
 
     Freshness does not count that wait against the store: the exporter's own queue is not
     the store failing. It changes between cycles, while states are replaced only when a
@@ -23,6 +23,11 @@ class WorkerWait:
 
     def __init__(self) -> None:
         self._span: tuple[float, float | None] | None = None
+
+    @property
+    def queued(self) -> bool:
+        span = self._span
+        return span is not None and span[1] is None
 
     def waiting(self, since: float) -> None:
         self._span = (since, None)
@@ -64,12 +69,12 @@ class StoreState:
     last_error: str | None = None
     start_delay: float | None = None
     """How much later than scheduled the last cycle started."""
-    worker_wait: WorkerWait | None = field(default=None, compare=False, repr=False)
+    queue_wait: QueueWait | None = field(default=None, compare=False, repr=False)
 
     def up(self, now: float) -> bool:
         if self.gauges is None:
             return False
-        waited = 0.0 if self.worker_wait is None else self.worker_wait.seconds(now)
+        waited = 0.0 if self.queue_wait is None else self.queue_wait.seconds(now)
         return now <= self.fresh_until + waited
 
 
@@ -87,8 +92,8 @@ class StoreRunner:
         # A cycle may take up to a query timeout past its interval before its gauges go stale.
         self._freshness = 2 * collector.config.interval + collector.config.query_timeout
         self._clock = clock
-        self.worker_wait = WorkerWait()
-        self._state = StoreState(store=self.name, worker_wait=self.worker_wait)
+        self.queue_wait = QueueWait()
+        self._state = StoreState(store=self.name, queue_wait=self.queue_wait)
 
     @property
     def state(self) -> StoreState:

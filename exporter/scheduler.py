@@ -36,6 +36,8 @@ class _Server:
     cap: int
     running: int = 0
     waiting: deque[_Entry] = field(default_factory=deque)
+    failing: bool = False
+    """Whether its last collection failed: then waiting for it counts against freshness."""
 
 
 class Scheduler:
@@ -43,7 +45,10 @@ class Scheduler:
 
     A due store first waits for its server (no more collections at once against one server
     than it may have connections, so that no worker sits waiting for a connection while
-    stores of other servers are due), then for a worker. Every store's first cycle runs at
+    stores of other servers are due), then for a worker. Both waits are queueing, not the
+    store failing: freshness does not count them (see runner.QueueWait), except the wait for
+    a server whose last collection failed, so that a server gone down takes its stores' gauges
+    with it on time. Every store's first cycle runs at
     once; later ones start at a random phase of the store's interval, so that a fleet's
     stores do not all query at the same moments. A cycle that ends past its next start is
     not repeated to catch up: the next one follows its phase.
@@ -125,6 +130,9 @@ class Scheduler:
                     _, _, entry = heapq.heappop(self._timetable)
                     server = self._servers.get(entry.server)
                     if server is not None and server.running >= server.cap:
+                        if not server.failing:
+                            # Busy with other stores, not failing: queueing, like a worker.
+                            entry.runner.queue_wait.waiting(now)
                         server.waiting.append(entry)
                     else:
                         self._hand_out(entry, server, now)
@@ -134,7 +142,8 @@ class Scheduler:
     def _hand_out(self, entry: _Entry, server: _Server | None, now: float) -> None:
         if server is not None:
             server.running += 1
-        entry.runner.worker_wait.waiting(now)
+        if not entry.runner.queue_wait.queued:
+            entry.runner.queue_wait.waiting(now)
         self._ready.put(entry)
 
     def _work(self) -> None:
@@ -147,14 +156,14 @@ class Scheduler:
                 if self._stopping:
                     return
                 self._running.add(entry)
-            runner.worker_wait.started(self._clock())
+            runner.queue_wait.started(self._clock())
             try:
                 runner.run_once(scheduled=entry.due)
                 self._after_cycle(runner)
             except Exception:  # run_once reports a store's failures itself: this is a bug
                 log.exception("collection cycle crashed", extra={"store": runner.name})
             finally:
-                runner.worker_wait.finished()
+                runner.queue_wait.finished()
                 self._finished(entry)
 
     def _finished(self, entry: _Entry) -> None:
@@ -164,6 +173,7 @@ class Scheduler:
             server = self._servers.get(entry.server)
             if server is not None:
                 server.running -= 1
+                server.failing = entry.runner.state.last_error is not None
                 if server.waiting and not self._stopping:
                     self._hand_out(server.waiting.popleft(), server, now)
             entry.due = self._next_start(entry, now)

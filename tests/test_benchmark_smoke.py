@@ -6,6 +6,7 @@ measurement produced them and that the report carries them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -58,3 +59,26 @@ def test_the_quick_benchmark_on_postgresql_measures_cycles_and_floor(postgres_ur
         assert stage[key] > 0, key
     assert {"backlog", "history", "errors"} <= set(stage["steps_ms"])
     assert "history: new rows" in stage["kinds_client_ms"]
+
+
+def test_the_quick_fleet_stage_writes_its_part_of_the_report(tmp_path: Path) -> None:
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text(
+        f"# Benchmarks\n\n{report.BEGIN}\nother stages\n{report.END}\n\n"
+        f"{report.FLEET_BEGIN}\nold\n{report.FLEET_END}\n"
+    )
+    results = tmp_path / "results.json"
+    assert main(["--fleet", "--quick", "--output", str(output), "--json", str(results)]) == 0
+
+    text = output.read_text()
+    assert "other stages" in text
+    assert "old" not in text
+    assert "| every store up within two intervals |" in text
+    fleet = json.loads(results.read_text())["fleet"]
+    assert "error" not in fleet, fleet
+    assert fleet["stores"] == 20
+    # Measured by the server: the exporter was seen connected, and never over its cap.
+    assert 0 < fleet["peak_connections"] <= fleet["per_server"]
+    # Every store's pending rows as served equal SQL's count of its queue.
+    assert fleet["pending_checked"]
+    assert fleet["exit_code"] == 0

@@ -178,13 +178,13 @@ def test_a_store_waiting_for_a_worker_does_not_go_stale(sqlite_url: str) -> None
     assert not state.up(stale_at + 0.1)
 
     # Due, and waiting for a worker since just before it would have gone stale.
-    runner.worker_wait.waiting(stale_at - 0.5)
+    runner.queue_wait.waiting(stale_at - 0.5)
     assert state.up(stale_at + 10.0)
     # A worker takes it: the wait stops growing, and the cycle's own time counts again.
-    runner.worker_wait.started(stale_at + 10.0)
+    runner.queue_wait.started(stale_at + 10.0)
     assert state.up(stale_at + 10.4)
     assert not state.up(stale_at + 10.6)
-    runner.worker_wait.finished()
+    runner.queue_wait.finished()
     assert not state.up(stale_at + 0.1)
     runner.close()
 
