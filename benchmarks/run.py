@@ -1,4 +1,4 @@
-"""Runs the benchmark: builds the stores, measures, prints the tables and writes BENCHMARKS.md.
+"""Runs the benchmark: builds the stores, measures, prints the tables and writes docs/BENCHMARKS.md.
 
 python -m benchmarks             # the full run (PostgreSQL and SQLite, up to 10M rows)
 python -m benchmarks --quick     # seconds: small stores, a few cycles, no peer

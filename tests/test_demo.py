@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import demo, schema_cli
+from crmsync_tools import demo, schema_cli
 from exporter.schema import create_reference_schema, metadata
 
 TABLES = ("sync_queue", "sync_history", "sync_error")
@@ -192,7 +192,7 @@ def running_demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, P
         [
             sys.executable,
             "-m",
-            "exporter.demo",
+            "crmsync_tools.demo",
             "--db",
             str(db),
             "--web.listen-address",

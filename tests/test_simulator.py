@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from exporter import simulator
-from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
-from exporter.simulator import (
+from crmsync_tools import simulator
+from crmsync_tools.simulator import (
     ERROR_KINDS,
     SCENARIOS,
     Scenario,
@@ -26,6 +25,7 @@ from exporter.simulator import (
     backfill,
     database_now,
 )
+from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 
 RATE = 5.0
 SPEED = 60.0
@@ -565,7 +565,7 @@ def test_command_exits_cleanly_on_a_signal(sqlite_url: str, signum: int) -> None
         [
             sys.executable,
             "-m",
-            "exporter.simulator",
+            "crmsync_tools.simulator",
             "--store.url",
             sqlite_url,
             "--create-schema",

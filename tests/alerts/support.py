@@ -26,7 +26,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "alerts"
-GENERATOR = ALERTS / "generate.py"
 RULE_FILES = (ALERTS / "recording_rules.yml", ALERTS / "alerting_rules.yml")
 PROMTOOL_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 ALERTMANAGER_EXAMPLE = ALERTS / "alertmanager.yml"
@@ -55,7 +54,7 @@ def run(argv: Sequence[str], timeout: float = 120) -> subprocess.CompletedProces
 
 
 def run_generator(*args: str) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, str(GENERATOR), *args])
+    return run([sys.executable, "-m", "crmsync_tools.alerts", *args])
 
 
 def load_yaml(path: Path) -> Any:

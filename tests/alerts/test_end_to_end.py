@@ -318,7 +318,7 @@ def _simulator(scenario: str, url: str, rate: int, seed: int, work: Path) -> Pro
     argv = [
         sys.executable,
         "-m",
-        "exporter.simulator",
+        "crmsync_tools.simulator",
         "--store.url",
         url,
         "--create-schema",

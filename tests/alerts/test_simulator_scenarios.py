@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from crmsync_tools.simulator import SCENARIOS, Simulator, database_now
 from exporter.schema import create_reference_schema
-from exporter.simulator import SCENARIOS, Simulator, database_now
 
 RATE = 5.0
 SPEED = 60.0

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from crmsync_tools.dashboard_sql import SqlDialect
+from crmsync_tools.dashboards import Json, Options, build_dashboards
 from exporter.config import StoreConfig, parse_config
-from exporter.dashboard_sql import SqlDialect
-from exporter.dashboards import Json, Options, build_dashboards
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"

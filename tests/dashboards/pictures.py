@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from crmsync_tools.simulator import backfill
 from exporter.schema import create_reference_schema
-from exporter.simulator import backfill
 from tests.conftest import postgres_schema, require_binary, unavailable
 from tests.dashboards.common import DASHBOARDS, ROOT
 from tests.dashboards.grafana_frontend import (

@@ -116,7 +116,7 @@ def running_stack(
                 [
                     sys.executable,
                     "-m",
-                    "exporter.simulator",
+                    "crmsync_tools.simulator",
                     "--store.url",
                     store_url,
                     *SIMULATOR_TRAFFIC,

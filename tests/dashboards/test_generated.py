@@ -12,8 +12,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from crmsync_tools.dashboards import build_dashboards, main, render
 from exporter.config import StoreConfig, load_config, parse_config
-from exporter.dashboards import build_dashboards, main, render
 from tests.dashboards.common import DASHBOARDS, REFERENCE_CONFIG, ROOT, dashboards
 from tests.dashboards.test_sql import MAPPED as MAPPED_SINGLE_TABLE
 
@@ -28,7 +28,7 @@ stores:
 
 
 def test_committed_dashboards_equal_the_generated_ones() -> None:
-    """Regenerate with: python -m exporter.dashboards --config.file
+    """Regenerate with: python -m crmsync_tools.dashboards --config.file
     deploy/exporter/crmsync-exporter.yml --out dashboards"""
     store = load_config(REFERENCE_CONFIG).stores[0]
     generated = build_dashboards(store)

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import yaml
 
-from exporter.dashboards import KEEP_ENCODED, SQL_PLUGIN, UIDS, Json
+from crmsync_tools.dashboards import KEEP_ENCODED, SQL_PLUGIN, UIDS, Json
 from tests.dashboards.common import DASHBOARDS, ROOT, dashboards, panels
 
 PROVISIONED_DATASOURCES = (

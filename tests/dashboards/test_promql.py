@@ -22,8 +22,8 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from crmsync_tools.simulator import backfill
 from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
-from exporter.simulator import backfill
 from tests.conftest import require_binary
 from tests.dashboards.common import DASHBOARDS, link_values
 from tests.dashboards.grafana_frontend import VERSIONS, Result, Run, datasources, run_answered

@@ -22,8 +22,8 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from crmsync_tools.dashboards import Json, Options, build_dashboards
 from exporter.config import StoreConfig, parse_config
-from exporter.dashboards import Json, Options, build_dashboards
 from exporter.labels import label_text
 from exporter.schema import create_reference_schema, sync_error, sync_queue
 from tests.dashboards.common import dashboards, link_values, reference_store

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from exporter.dashboards import PROMETHEUS_UID, STORE_UID
+from crmsync_tools.dashboards import PROMETHEUS_UID, STORE_UID
 from exporter.schema import metadata
 from tests.conftest import require_binary
 from tests.dashboards.common import ROOT
@@ -55,8 +55,9 @@ def test_the_stack_has_every_part_of_the_demo() -> None:
         "alertmanager",
         "grafana",
     }
+    # The exporter runs the runtime image; the simulator the image with the tools.
     assert services["exporter"]["build"] == "."
-    assert services["simulator"]["build"] == "."
+    assert services["simulator"]["build"] == {"context": ".", "target": "tools"}
     assert "--create-schema" in " ".join(services["simulator"]["command"])
     for service in services.values():
         for mounted in _mounts_of(service):

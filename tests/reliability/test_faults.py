@@ -2,7 +2,7 @@
 
 Each test runs against a PostgreSQL server of its own (tests/reliability/pg_instance.py) that
 it may stop, restart or block. Measured recovery times are printed (``pytest -s``) and
-summarised in RELIABILITY.md.
+summarised in docs/RELIABILITY.md.
 """
 
 from __future__ import annotations

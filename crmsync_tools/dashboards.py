@@ -50,8 +50,8 @@ from grafana_foundation_sdk.models.dashboard import (
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 from sqlalchemy.engine import make_url
 
+from crmsync_tools.dashboard_sql import REPORTED_ERROR_CODES, REPORTED_OBJECTS, SqlDialect, StoreSql
 from exporter.config import ConfigError, StoreConfig, load_config
-from exporter.dashboard_sql import REPORTED_ERROR_CODES, REPORTED_OBJECTS, SqlDialect, StoreSql
 from exporter.metric_specs import LATENCY_BUCKETS
 
 Json = dict[str, Any]

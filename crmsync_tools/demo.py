@@ -17,10 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter import cli
-from exporter.schema import create_reference_schema, sync_history
-from exporter.schema_cli import StoreError, describe_error
-from exporter.simulator import (
+from crmsync_tools.schema_cli import StoreError, describe_error
+from crmsync_tools.simulator import (
     SCENARIOS,
     STEADY_ERROR_SHARE,
     Simulator,
@@ -28,8 +26,10 @@ from exporter.simulator import (
     use_wal,
     writer_engine,
 )
+from exporter import cli
+from exporter.schema import create_reference_schema, sync_history
 
-log = logging.getLogger("exporter.demo")
+log = logging.getLogger("crmsync_tools.demo")
 STORE = "demo"
 
 

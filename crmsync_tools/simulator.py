@@ -48,9 +48,7 @@ from sqlalchemy import Connection, Row, Table, and_, delete, event, inspect, or_
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exporter.logs import setup_logging
-from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
-from exporter.schema_cli import (
+from crmsync_tools.schema_cli import (
     URL_ENVIRONMENT,
     StoreError,
     describe_error,
@@ -58,8 +56,10 @@ from exporter.schema_cli import (
     open_engine,
     parse_store_url,
 )
+from exporter.logs import setup_logging
+from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 
-log = logging.getLogger("exporter.simulator")
+log = logging.getLogger("crmsync_tools.simulator")
 
 OBJECT_WEIGHTS: Mapping[str, float] = {
     "lead": 0.45,
