@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from exporter.durations import UNIT_SECONDS, parse_duration
 from exporter.metric_specs import LATENCY
 
 ALERTS_DIR = Path("alerts")
@@ -39,8 +40,8 @@ LEVEL = "store_object_direction"
 
 SEVERITIES = ("critical", "warning")
 
-_UNITS_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
-_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
+# Largest unit first, as Prometheus writes a duration.
+_UNITS_MS = {unit: round(seconds * 1000) for unit, seconds in UNIT_SECONDS.items()}
 
 
 class ConfigError(ValueError):
@@ -58,17 +59,13 @@ class Duration:
 
     @classmethod
     def parse(cls, text: str) -> Duration:
-        match = _DURATION_RE.match(text)
-        if not text or match is None:
-            raise ValueError(f"expected a duration like 90s, 5m, 1h or 1d, got {text!r}")
-        days, hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
-        total = (
-            days * _UNITS_MS["d"]
-            + hours * _UNITS_MS["h"]
-            + minutes * _UNITS_MS["m"]
-            + seconds * _UNITS_MS["s"]
-            + millis
-        )
+        try:
+            millis = parse_duration(text) * 1000
+        except ValueError:
+            raise ValueError(f"expected a duration like 90s, 5m, 1h or 1d, got {text!r}") from None
+        total = round(millis)
+        if abs(millis - total) > 1e-6:
+            raise ValueError(f"expected whole milliseconds, got {text!r}")
         if total <= 0:
             raise ValueError(f"expected a positive duration, got {text!r}")
         return cls(total)
