@@ -12,7 +12,6 @@ the scaled rules reference each other exactly like the committed ones.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from exporter.arguments import command_parser, setup_logging_from
 from exporter.durations import UNIT_SECONDS, parse_duration
 from exporter.metric_specs import LATENCY
 
@@ -1032,7 +1032,7 @@ def generate(config: Config, scale: int = 1) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_parser("crmsync-alerts", __doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="configuration")
     parser.add_argument(
         "--output-dir", type=Path, default=ALERTS_DIR, help="where to write the rules"
@@ -1048,6 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="divide every duration by N (for end-to-end tests; needs --output-dir)",
     )
     args = parser.parse_args(argv)
+    setup_logging_from(args)
     if args.scale < 1:
         parser.error("--scale must be a positive whole number")
     if args.scale != 1 and args.output_dir.resolve() == args.config.resolve().parent:

@@ -51,6 +51,7 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEdito
 from sqlalchemy.engine import make_url
 
 from crmsync_tools.dashboard_sql import REPORTED_ERROR_CODES, REPORTED_OBJECTS, SqlDialect, StoreSql
+from exporter.arguments import command_parser, setup_logging_from
 from exporter.config import ConfigError, StoreConfig, load_config
 from exporter.metric_specs import LATENCY_BUCKETS
 
@@ -1455,9 +1456,9 @@ def dialect_of(store: StoreConfig) -> SqlDialect:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="crmsync-dashboards",
-        description="Generate the crmsync Grafana dashboards for the configured store's mapping.",
+    parser = command_parser(
+        "crmsync-dashboards",
+        "Generate the crmsync Grafana dashboards for the configured store's mapping.",
     )
     parser.add_argument(
         "--config.file",
@@ -1517,6 +1518,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging_from(args)
     try:
         config = load_config(args.config_file)
     except ConfigError as error:

@@ -27,6 +27,7 @@ from crmsync_tools.simulator import (
     writer_engine,
 )
 from exporter import cli
+from exporter.arguments import command_parser
 from exporter.schema import create_reference_schema, sync_history
 
 log = logging.getLogger("crmsync_tools.demo")
@@ -34,12 +35,10 @@ STORE = "demo"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="crmsync-demo",
-        description=(
-            "Run the exporter against a SQLite sync store that a simulated sync engine keeps "
-            "busy. Needs nothing but Python: the store is a file, created on first use."
-        ),
+    parser = command_parser(
+        "crmsync-demo",
+        "Run the exporter against a SQLite sync store that a simulated sync engine keeps "
+        "busy. Needs nothing but Python: the store is a file, created on first use.",
     )
     parser.add_argument(
         "--db",
@@ -76,15 +75,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="listen_address",
         default=f":{cli.DEFAULT_PORT}",
         help="address the exporter listens on (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--log.level",
-        dest="log_level",
-        choices=["debug", "info", "warn", "error"],
-        default="info",
-    )
-    parser.add_argument(
-        "--log.format", dest="log_format", choices=["logfmt", "json"], default="logfmt"
     )
     args = parser.parse_args(argv)
     for name in ("rate", "speed"):

@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from exporter.arguments import command_parser, setup_logging_from
 from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 
 REFERENCE_TABLES = (sync_queue, sync_history, sync_error)
@@ -101,13 +102,11 @@ def create_schema(url: URL) -> tuple[list[str], list[str]]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="crmsync-schema",
-        description=(
-            "Create the reference sync store (tables sync_queue, sync_history, sync_error and "
-            "the indexes the exporter's queries use) in a database. Tables that exist are "
-            "left as they are, so running it twice is harmless."
-        ),
+    parser = command_parser(
+        "crmsync-schema",
+        "Create the reference sync store (tables sync_queue, sync_history, sync_error and "
+        "the indexes the exporter's queries use) in a database. Tables that exist are "
+        "left as they are, so running it twice is harmless.",
     )
     parser.add_argument(
         "--store.url",
@@ -130,6 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging_from(args)
     try:
         url = parse_store_url(args.store_url)
         if args.print_sql:

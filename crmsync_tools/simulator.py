@@ -56,7 +56,7 @@ from crmsync_tools.schema_cli import (
     open_engine,
     parse_store_url,
 )
-from exporter.logs import setup_logging
+from exporter.arguments import command_parser, setup_logging_from
 from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 
 log = logging.getLogger("crmsync_tools.simulator")
@@ -1025,10 +1025,10 @@ def _share(value: str) -> float:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     scenarios = "\n".join(f"  {name:<12} {item.summary}" for name, item in SCENARIOS.items())
-    parser = argparse.ArgumentParser(
-        prog="crmsync-simulator",
+    parser = command_parser(
+        "crmsync-simulator",
+        "Write realistic sync-engine traffic into a reference sync store.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Write realistic sync-engine traffic into a reference sync store.",
         epilog=(
             f"scenarios (times in simulated seconds):\n{scenarios}\n\n"
             "Timestamps are real time by the database's clock; --speed scales the amount of\n"
@@ -1088,15 +1088,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="real seconds to run, then exit (default: until SIGINT or SIGTERM)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible traffic")
-    parser.add_argument(
-        "--log.level",
-        dest="log_level",
-        choices=["debug", "info", "warn", "error"],
-        default="info",
-    )
-    parser.add_argument(
-        "--log.format", dest="log_format", choices=["logfmt", "json"], default="logfmt"
-    )
     args = parser.parse_args(argv)
     if not args.store_url:
         parser.error(f"--store.url is required (or set {URL_ENVIRONMENT})")
@@ -1125,7 +1116,7 @@ def _open_store(args: argparse.Namespace) -> Engine:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    setup_logging_from(args)
     try:
         engine = _open_store(args)
     except StoreError as error:
