@@ -30,8 +30,8 @@ from sqlalchemy.engine import make_url
 
 from benchmarks.serving import free_port, process_sample, scrape_load
 from benchmarks.stats import median, percentile
-from crmsync_tools.schema_cli import dialect_for, reference_ddl
 from crmsync_testing.pg_instance import PgInstance
+from crmsync_tools.schema_cli import dialect_for, reference_ddl
 
 APPLICATION = "crmsync-exporter"
 MB = 1024 * 1024

@@ -13,8 +13,8 @@ from sqlalchemy.engine import URL, Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from exporter.arguments import command_parser, setup_logging_from
 from exporter import connections
+from exporter.arguments import command_parser, setup_logging_from
 from exporter.connections import describe_error
 from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 

@@ -298,7 +298,7 @@ class ConnectionLimits:
         nothing next to an interval of 15 s, while a connection kept open holds one of the
         server's ``max_connections`` for the whole interval, taken from the engine that
         writes the store. Only a store read every few seconds reconnects often enough for
-        the saving to matter (see BENCHMARKS.md, fleet).
+        the saving to matter (see docs/BENCHMARKS.md, fleet).
         """
         return interval < self.keep_below
 
@@ -323,7 +323,7 @@ def store_engine(
         "connect_args": connect_args,
         # Each engine would keep its own compiled statements (a store's queries differ in
         # their tables and parameters): about 0.7 MB a store, against 2-3 ms of CPU a cycle
-        # to compile them anew (see BENCHMARKS.md, fleet).
+        # to compile them anew (see docs/BENCHMARKS.md, fleet).
         "query_cache_size": 0,
     }
     if server is not None:

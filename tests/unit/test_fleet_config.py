@@ -1,0 +1,63 @@
+"""The fleet's settings: workers, connections per server, connections kept open."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from crmsync_testing.helpers import parse_config_dict
+from exporter.config import ConfigError
+from exporter.connections import ConnectionLimits, server_of
+
+STORE = {"name": "main", "url": "postgresql+psycopg://exporter@db:5432/sync"}
+
+
+def test_the_defaults_suit_a_fleet_on_a_small_server() -> None:
+    config = parse_config_dict({"stores": [STORE]})
+    assert config.collection.workers == 8
+    assert config.connections.per_server == 4
+    assert config.connections.keep_open_below == 5.0
+
+
+def test_the_settings_are_read_with_durations() -> None:
+    config = parse_config_dict(
+        {
+            "stores": [STORE],
+            "collection": {"workers": 2},
+            "connections": {"per_server": 1, "keep_open_below": "1m"},
+        }
+    )
+    assert config.collection.workers == 2
+    assert config.connections.per_server == 1
+    limits = ConnectionLimits(config.connections.per_server, config.connections.keep_open_below)
+    assert limits.keeps(30.0)
+    assert not limits.keeps(60.0)
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"collection": {"workers": 0}}, "collection.workers: Input should be greater than"),
+        ({"connections": {"per_server": "many"}}, "connections.per_server: Input should be"),
+        ({"connections": {"keep_open_below": "often"}}, "connections.keep_open_below: 'often'"),
+        ({"connections": {"per_host": 3}}, "connections.per_host: unknown key"),
+    ],
+)
+def test_bad_settings_name_their_key(section: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config_dict({"stores": [STORE], **section})
+    assert any(problem.startswith(expected) for problem in caught.value.problems), caught.value
+
+
+@pytest.mark.parametrize(
+    ("url", "server"),
+    [
+        ("postgresql+psycopg://u@db1/sync", ("db1", 5432)),
+        ("postgresql+psycopg://u@db1:6432/sync", ("db1", 6432)),
+        ("mysql+pymysql://u@db2/sync", ("db2", 3306)),
+        ("mariadb+pymysql://u@db2:3307/sync", ("db2", 3307)),
+        ("sqlite:////var/lib/store.db", None),
+    ],
+)
+def test_stores_share_a_cap_by_host_and_port(url: str, server: tuple[str, int] | None) -> None:
+    assert server_of(make_url(url)) == server
