@@ -185,4 +185,4 @@ class Scheduler:
         interval = entry.runner.interval
         earliest = max(now, entry.due + interval / 2)
         periods = (earliest - self._started - entry.phase) // interval + 1
-        return self._started + entry.phase + max(periods, 1) * interval
+        return self._started + entry.phase + periods * interval
