@@ -293,6 +293,10 @@ def test_connections_to_each_server_stay_within_the_cap(
             exporter.stop()
 
     for name, counts in samples.items():
+        print(
+            f"\nMEASURED {name} sessions ({keep_open_below}): peak {max(counts, default=0)} "
+            f"of cap {CAP} in {len(counts)} samples"
+        )
         assert counts, f"no sample of {name}"
         assert max(counts) <= CAP, (name, max(counts))
         assert max(counts) >= 1, f"{name}: the exporter was never seen connected"
@@ -408,6 +412,9 @@ def test_shutdown_with_stores_hanging_in_slow_statements(tmp_path: Path) -> None
             elapsed = time.monotonic() - signalled
         finally:
             exporter.stop()
+        print(
+            f"\nMEASURED SIGTERM to exit, 24 stores, {2 * CAP} in slow statements: {elapsed:.2f}s"
+        )
         assert returncode == 0, exporter.output()
         assert elapsed < 5.0, elapsed
         # PostgreSQL was asked to cancel: its sessions end with the process, not a minute on.
@@ -415,3 +422,7 @@ def test_shutdown_with_stores_hanging_in_slow_statements(tmp_path: Path) -> None
         while pg.sessions():
             assert time.monotonic() < deadline, "PostgreSQL sessions outlived the exporter"
             time.sleep(0.05)
+        print(
+            f"\nMEASURED PostgreSQL sessions gone after exit: {pg.sessions()}; MariaDB "
+            f"sessions still in SLEEP(): {maria.active('slow_queue')}"
+        )
