@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import select
 import socket
@@ -19,8 +18,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.pool import NullPool
 
 from exporter.dialects import interrupt_connection
-
-log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
 SUPPORTED = "postgresql+psycopg, mysql+pymysql, mariadb+pymysql or sqlite"
@@ -117,13 +114,6 @@ class ServerConnections:
     _opening: int = 0
     _closing: list[tuple[socket.socket, float]] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
-    peak: int = 0
-    """The most connections this exporter had open to the server at once."""
-
-    @property
-    def open(self) -> int:
-        with self._changed:
-            return self._count()
 
     def _count(self) -> int:
         return len(self._open) + self._opening + len(self._closing)
@@ -249,7 +239,6 @@ class ServerConnections:
                 # Hang-ups are seen by polling: a few milliseconds after the goodbye.
                 self._changed.wait(min(remaining, 0.005) if self._closing else remaining)
             self._opening += 1
-            self.peak = max(self.peak, self._count())
 
 
 def duplicate_socket(dbapi_connection: Any) -> socket.socket | None:
@@ -286,10 +275,6 @@ class ConnectionLimits:
             if key not in self._servers:
                 self._servers[key] = ServerConnections(key, self.per_server)
             return self._servers[key]
-
-    def servers(self) -> list[ServerConnections]:
-        with self._lock:
-            return list(self._servers.values())
 
     def keeps(self, interval: float) -> bool:
         """Whether a store collected every ``interval`` seconds keeps its connection open.
