@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -370,4 +369,4 @@ def targets(fleet: dict[str, Any]) -> list[tuple[str, str, bool]]:
 
 
 def result_dict(result: FleetResult, plan: FleetPlan) -> dict[str, Any]:
-    return {**asdict(result), "scrapers": plan.scrapers, "pid": os.getpid()}
+    return {**asdict(result), "scrapers": plan.scrapers}
