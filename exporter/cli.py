@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import re
 import signal
@@ -236,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
             "connections_per_server": config.connections.per_server,
         },
     )
+    # What was built so far (stores, engines, their SQL) lives as long as the process: out of
+    # the garbage collector's full passes, which otherwise walk it all every few collections.
+    # With 500 stores, that halved the time until every store was first collected.
+    gc.freeze()
     publisher.start()
     scheduler.start()
     stop_by = [float("inf")]
