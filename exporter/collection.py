@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -14,11 +15,11 @@ from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import URL, Engine
 
 from exporter.config import StoreConfig
-from exporter.dialects import configure_engine, connect_arguments, interrupt_connection
-from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
+from exporter.dialects import Dialect, dialect_for, interrupt_connection
+from exporter.feeds import IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
-from exporter.queries import StoreQueries, build_queries
+from exporter.queries import FeedRow, StoreQueries, build_queries
 from exporter.tally import Counter, Debuts, Histogram, HistogramValue
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,11 @@ class _HistorySink:
         self.synced: Counter[Series] = Counter()
         self.latency: Histogram[Series] = Histogram()
 
-    def add_row(self, row: AnyRow) -> None:
-        series = self._labels.series(row[1], row[2], row[3])
+    def add_row(self, row: FeedRow) -> None:
+        series = self._labels.series(row.object, row.operation, row.direction)
         self.synced.add(series)
         if row.latency is not None:
-            self.latency.observe(series, float(row.latency))
+            self.latency.observe(series, row.latency)
 
 
 class _ErrorSink:
@@ -85,9 +86,9 @@ class _ErrorSink:
         self._labels = labels
         self.errors: Counter[ErrorSeries] = Counter()
 
-    def add_row(self, row: AnyRow) -> None:
-        series = self._labels.series(row[1], row[2], row[3])
-        self.errors.add((*series, self._labels.error_codes(row[4])))
+    def add_row(self, row: FeedRow) -> None:
+        series = self._labels.series(row.object, row.operation, row.direction)
+        self.errors.add((*series, self._labels.error_codes(row.error_code)))
 
 
 class CollectionError(Exception):
@@ -96,6 +97,31 @@ class CollectionError(Exception):
     def __init__(self, step: str) -> None:
         super().__init__(step)
         self.step = step
+
+
+class Steps:
+    """The steps of one cycle: what each took, and which one a failure happened in."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        """Seconds per timed step (steps sharing a name add up)."""
+        self._failed = False
+
+    @contextmanager
+    def run(self, description: str, timed: str | None = None) -> Iterator[None]:
+        """Run a step; a failure in it becomes CollectionError(``description``)."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as error:
+            if self._failed:
+                raise  # already named by the innermost step
+            self._failed = True
+            raise CollectionError(description) from error
+        finally:
+            if timed is not None:
+                elapsed = time.perf_counter() - started
+                self.seconds[timed] = self.seconds.get(timed, 0.0) + elapsed
 
 
 class DatabaseSilentError(Exception):
@@ -206,9 +232,9 @@ class LastHourCache:
             return self._counts
         counts: dict[HourSeries, int] = {}
         statement = queries.synced_between(utc_datetime(hour_start), utc_datetime(hour_end))
-        for raw_object, raw_direction, synced in connection.execute(statement):
-            key = (labels.objects(raw_object), labels.directions(raw_direction))
-            counts[key] = counts.get(key, 0) + int(synced)
+        for row in map(queries.hour_row, connection.execute(statement)):
+            key = (labels.objects(row.object), labels.directions(row.direction))
+            counts[key] = counts.get(key, 0) + row.synced
         self._hour_end, self._counts = hour_end, counts
         return counts
 
@@ -224,8 +250,9 @@ class StoreCollector:
     ) -> None:
         self.config = config
         self.engine = engine or make_engine(config)
+        self.dialect = dialect_for(self.engine.dialect.name)
         self.labels = StoreLabels(config)
-        self.queries = build_queries(config, self.engine.dialect.name)
+        self.queries = build_queries(config, self.dialect)
         self._clock = clock
         self._start_reading()
         self._read_once = False
@@ -299,41 +326,40 @@ class StoreCollector:
         return gauges
 
     def _collect(self) -> Gauges:
-        timings: dict[str, float] = {}
-        step = f"connecting to {self.config.display_url()}"
-        try:
-            with self.engine.connect() as connection, connection.begin():
-                step = "reading the database clock"
-                started = time.perf_counter()
-                db_now = float(connection.execute(self.queries.now()).scalar_one())
-                step = f"reading the backlog from {self.queries.queue_source.fullname}"
+        steps = Steps()
+        queries = self.queries
+        with (
+            steps.run(f"connecting to {self.config.display_url()}"),
+            self.engine.connect() as connection,
+            connection.begin(),
+        ):
+            with steps.run("reading the database clock", timed="backlog"):
+                db_now = float(connection.execute(queries.now()).scalar_one())
+            with steps.run(
+                f"reading the backlog from {queries.queue_source.fullname}", timed="backlog"
+            ):
                 backlog, future_pending = self._backlog(connection, db_now)
-                timings["backlog"] = time.perf_counter() - started
-                for name, feed in zip(("history", "errors"), self._feeds, strict=True):
-                    source = getattr(self.queries, name).source.fullname
-                    step = f"reading new {name} rows from {source}"
-                    started = time.perf_counter()
+            for name, feed in zip(("history", "errors"), self._feeds, strict=True):
+                source = getattr(queries, name).source.fullname
+                with steps.run(f"reading new {name} rows from {source}", timed=name):
                     feed.read(connection, db_now)
-                    timings[name] = time.perf_counter() - started
-                step = (
-                    f"counting rows stamped in the future in {self.queries.history.source.fullname}"
-                    f" and {self.queries.errors.source.fullname}"
-                )
-                started = time.perf_counter()
-                future = connection.execute(self.queries.future_rows(db_now)).one()
-                future_rows = {
-                    "queue": future_pending,
-                    "history": int(future.history),
-                    "errors": int(future.errors),
-                }
-                timings["future_rows"] = time.perf_counter() - started
-                step = f"counting last hour's syncs in {self.queries.history.source.fullname}"
-                started = time.perf_counter()
-                last_hour = self._last_hour.get(connection, self.queries, self.labels, db_now)
-                timings["last_hour"] = time.perf_counter() - started
-        except Exception as error:
-            raise CollectionError(step) from error
-        self.query_seconds = timings
+            with steps.run(
+                f"counting rows stamped in the future in {queries.history.source.fullname}"
+                f" and {queries.errors.source.fullname}",
+                timed="future_rows",
+            ):
+                future = connection.execute(queries.future_rows(db_now)).one()
+            future_rows = {
+                "queue": future_pending,
+                "history": int(future.history),
+                "errors": int(future.errors),
+            }
+            with steps.run(
+                f"counting last hour's syncs in {queries.history.source.fullname}",
+                timed="last_hour",
+            ):
+                last_hour = self._last_hour.get(connection, queries, self.labels, db_now)
+        self.query_seconds = steps.seconds
         zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
         return Gauges(
             db_now=db_now,
@@ -404,14 +430,12 @@ class StoreCollector:
         pending: dict[Series, int] = dict.fromkeys(self.labels.zero_filled(), 0)
         oldest: dict[Series, float] = {}
         future = 0
-        for raw_object, raw_operation, raw_direction, count, first, ahead in connection.execute(
-            self.queries.backlog(db_now)
-        ):
-            series = self.labels.series(raw_object, raw_operation, raw_direction)
-            pending[series] = pending.get(series, 0) + int(count)
-            future += int(ahead or 0)
-            if first is not None:
-                oldest[series] = min(float(first), oldest.get(series, float(first)))
+        for row in map(self.queries.backlog_row, connection.execute(self.queries.backlog(db_now))):
+            series = self.labels.series(row.object, row.operation, row.direction)
+            pending[series] = pending.get(series, 0) + row.pending
+            future += row.future
+            if row.oldest is not None:
+                oldest[series] = min(row.oldest, oldest.get(series, row.oldest))
         backlog = {series: Backlog(count, oldest.get(series)) for series, count in pending.items()}
         return backlog, future
 
@@ -419,17 +443,18 @@ class StoreCollector:
 def make_engine(config: StoreConfig) -> Engine:
     """An engine with one connection, checked before use and bounded by the query timeout."""
     url = read_only_sqlite(config.database_url())
+    dialect: Dialect = dialect_for(url.get_backend_name())
     pool: dict[str, Any] = {}
-    if url.get_backend_name() != "sqlite":
+    if dialect.name != "sqlite":
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": config.query_timeout}
     engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_recycle=3600,
-        connect_args=connect_arguments(url.drivername, config.query_timeout),
+        connect_args=dialect.connect_arguments(config.query_timeout),
         **pool,
     )
-    configure_engine(engine, config.query_timeout)
+    dialect.configure(engine, config.query_timeout)
     return engine
 
 

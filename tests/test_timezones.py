@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
-from exporter.dialects import Comparison, compare_instant
+from exporter.dialects import Comparison, SQLite
 from exporter.queries import StoreQueries, build_queries
 from exporter.schema import create_reference_schema, sync_history
 from tests.helpers import (
@@ -405,7 +405,7 @@ def test_sqlite_compares_text_stamps_as_instants(sqlite_url: str) -> None:
     with engine.connect() as connection:
         for comparison, holds in COMPARISONS.items():
             for moment in (*bounds, HOUR_END.replace(tzinfo=None)):
-                condition = compare_instant("sqlite", history.synced_at, comparison, moment)
+                condition = SQLite().compare_instant(history.synced_at, comparison, moment)
                 found = connection.execute(sa.select(history.id).where(condition)).scalars()
                 expected = [
                     index + 1
@@ -419,7 +419,7 @@ def test_sqlite_compares_text_stamps_as_instants(sqlite_url: str) -> None:
 def test_sqlite_windows_are_read_through_the_timestamp_index(sqlite_url: str) -> None:
     engine = sa.create_engine(sqlite_url)
     create_reference_schema(engine)
-    queries = build_queries(store_config(sqlite_url), "sqlite")
+    queries = build_queries(store_config(sqlite_url), SQLite())
     start, end = HOUR_START.replace(tzinfo=None), HOUR_END.replace(tzinfo=None)
     expected = {
         queries.synced_between(
