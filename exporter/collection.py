@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL, Engine
 
 from exporter.config import StoreConfig
 from exporter.dialects import Dialect, dialect_for, interrupt_connection
-from exporter.feeds import IdFeed, MomentFeed, utc_datetime
+from exporter.feeds import FeedSink, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.queries import FeedRow, StoreQueries, build_queries
@@ -51,6 +51,8 @@ class Gauges:
     """Rows stamped later than ``db_now`` per table role (queue, history, errors)."""
     last_hour_start: float | None = None
     """Start (Unix seconds) of the hour ``synced_last_hour`` counts."""
+    failing: dict[ErrorSeries, int] | None = None
+    """Waiting changes whose last attempt failed; None where the store cannot tell."""
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ class StoreCollector:
         self._error_debuts: Debuts[ErrorSeries] = Debuts(config.new_counter_hold)
         self._late_logged: dict[str, tuple[float, int]] = {}
         self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
+        self._failing_seen: set[ErrorSeries] = set()
         self.query_seconds: dict[str, float] = {}
         # Long enough for any statement the server lets run (query_timeout) and its result.
         self._watchdog = Watchdog(
@@ -278,18 +281,15 @@ class StoreCollector:
         """Counters at zero, feeds to take their position at the next read."""
         self._history = _HistorySink(self.labels)
         self._errors = _ErrorSink(self.labels)
-        self._feeds: list[IdFeed | MomentFeed]
+        sinks: dict[str, FeedSink] = {"history": self._history, "errors": self._errors}
         settle_time = self.config.settle_time
-        if self.queries.append_only:
-            self._feeds = [
-                IdFeed(self.queries.history, self._history, settle_time),
-                IdFeed(self.queries.errors, self._errors, settle_time),
-            ]
-        else:
-            self._feeds = [
-                MomentFeed(self.queries.history, self._history, settle_time),
-                MomentFeed(self.queries.errors, self._errors, settle_time),
-            ]
+        # Rows only ever added are found by id; rows that change state or move, by timestamp.
+        self._feeds: dict[str, IdFeed | MomentFeed] = {
+            feed.name: (IdFeed if feed.append_only else MomentFeed)(
+                feed, sinks[feed.name], settle_time
+            )
+            for feed in self.queries.feeds
+        }
 
     def _connected(self, dbapi_connection: Any, *_: Any) -> None:
         self._connections.append(dbapi_connection)
@@ -339,35 +339,58 @@ class StoreCollector:
                 f"reading the backlog from {queries.queue_source.fullname}", timed="backlog"
             ):
                 backlog, future_pending = self._backlog(connection, db_now)
-            for name, feed in zip(("history", "errors"), self._feeds, strict=True):
-                source = getattr(queries, name).source.fullname
-                with steps.run(f"reading new {name} rows from {source}", timed=name):
-                    feed.read(connection, db_now)
-            with steps.run(
-                f"counting rows stamped in the future in {queries.history.source.fullname}"
-                f" and {queries.errors.source.fullname}",
-                timed="future_rows",
-            ):
-                future = connection.execute(queries.future_rows(db_now)).one()
-            future_rows = {
-                "queue": future_pending,
-                "history": int(future.history),
-                "errors": int(future.errors),
-            }
-            with steps.run(
-                f"counting last hour's syncs in {queries.history.source.fullname}",
-                timed="last_hour",
-            ):
-                last_hour = self._last_hour.get(connection, queries, self.labels, db_now)
+            failing = None
+            failing_query = queries.failing()
+            if failing_query is not None:
+                with steps.run(
+                    f"counting failing changes in {queries.queue_source.fullname}",
+                    timed="failing",
+                ):
+                    failing = self._failing(connection, failing_query)
+            for feed in queries.feeds:
+                with steps.run(
+                    f"reading new {feed.name} rows from {feed.table_names}", timed=feed.name
+                ):
+                    self._feeds[feed.name].read(connection, db_now)
+            future_rows = {"queue": future_pending}
+            future_query = queries.future_rows(db_now)
+            if future_query is not None:
+                tables = " and ".join(feed.table_names for feed in queries.feeds)
+                with steps.run(
+                    f"counting rows stamped in the future in {tables}", timed="future_rows"
+                ):
+                    future = connection.execute(future_query).one()
+                future_rows |= {
+                    feed.name: int(future._mapping[feed.name]) for feed in queries.feeds
+                }
+            last_hour: dict[HourSeries, int] = {}
+            if queries.history is not None:
+                with steps.run(
+                    f"counting last hour's syncs in {queries.history.table_names}",
+                    timed="last_hour",
+                ):
+                    last_hour = self._last_hour.get(connection, queries, self.labels, db_now)
+                zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
+                last_hour = {**zero_hour, **last_hour}
         self.query_seconds = steps.seconds
-        zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
         return Gauges(
             db_now=db_now,
             backlog=backlog,
-            synced_last_hour={**zero_hour, **last_hour},
+            synced_last_hour=last_hour,
             future_rows=future_rows,
-            last_hour_start=self._last_hour.hour_start,
+            last_hour_start=self._last_hour.hour_start if queries.history is not None else None,
+            failing=failing,
         )
+
+    def _failing(self, connection: Connection, statement: Any) -> dict[ErrorSeries, int]:
+        """Failing changes per series; a series seen failing before reads 0 once drained."""
+        failing = dict.fromkeys(self._failing_seen, 0)
+        for row in map(self.queries.failing_row, connection.execute(statement)):
+            series = self.labels.series(row.object, row.operation, row.direction)
+            key = (*series, self.labels.error_codes(row.error_code))
+            failing[key] = failing.get(key, 0) + row.failing
+        self._failing_seen.update(failing)
+        return failing
 
     def totals(self) -> Totals:
         """A copy of the counters, safe to hand to another thread.
@@ -379,8 +402,9 @@ class StoreCollector:
         now = self._clock()
         synced = self._history.synced.values()
         latency = self._history.latency.values()
-        for series in self.labels.zero_filled():
-            synced.setdefault(series, 0)
+        if self.queries.history is not None:
+            for series in self.labels.zero_filled():
+                synced.setdefault(series, 0)
         empty = HistogramValue.empty(len(LATENCY_BUCKETS))
         for series in synced:
             if self._series_debuts.held(series, self._cycles, now):
@@ -392,10 +416,10 @@ class StoreCollector:
             series: 0 if self._error_debuts.held(series, self._cycles, now) else count
             for series, count in self._errors.errors.values().items()
         }
-        open_gaps = sum(len(feed.gaps) for feed in self._feeds if isinstance(feed, IdFeed))
+        open_gaps = sum(len(feed.gaps) for feed in self._feeds.values() if isinstance(feed, IdFeed))
         late_rows = {
             name: feed.late_rows
-            for name, feed in zip(("history", "errors"), self._feeds, strict=True)
+            for name, feed in self._feeds.items()
             if isinstance(feed, MomentFeed)
         }
         return Totals(synced, latency, errors, open_gaps, late_rows)
@@ -403,7 +427,7 @@ class StoreCollector:
     def _log_late_rows(self) -> None:
         """Say when rows arrive later than settle_time: later still, they would be missed."""
         now = self._clock()
-        for name, feed in zip(("history", "errors"), self._feeds, strict=True):
+        for name, feed in self._feeds.items():
             if not isinstance(feed, MomentFeed):
                 continue
             logged_at, logged_rows = self._late_logged.get(name, (-LATE_WARNING_EVERY, 0))
@@ -413,7 +437,7 @@ class StoreCollector:
                     "later than twice settle_time are missed; raise settle_time",
                     extra={
                         "store": self.config.name,
-                        "table": getattr(self.queries, name).source.fullname,
+                        "table": feed.table_names,
                         "rows": feed.late_rows - logged_rows,
                         "lateness": round(feed.latest_lateness, 3),
                         "settle_time": self.config.settle_time,

@@ -106,6 +106,7 @@ class IdFeed:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._queries = queries
+        self.table_names = queries.table_names
         self._sink = sink
         self._settle_time = settle_time
         self._clock = clock
@@ -222,10 +223,16 @@ class IdFeed:
 
 
 class MomentFeed:
-    """Rows that reached a status, found by the timestamp they carry for it."""
+    """Rows that reached a status, found by the timestamp they carry for it.
+
+    Where rows move on to an archive table (with their id and timestamp), both tables are
+    read in one statement: a row is in one of them in its snapshot, and a row read from the
+    table and later from the archive has the same key, so it is counted once.
+    """
 
     def __init__(self, queries: ChangeFeedQueries, sink: FeedSink, settle_time: float) -> None:
         self._queries = queries
+        self.table_names = queries.table_names
         self._sink = sink
         self._settle_time = settle_time
         self._since: datetime | None = None

@@ -33,7 +33,7 @@ HISTORY = "sync_history"
 # Not queries, or not used by the reference three-table layout.
 NOT_STEADY = {"filtered", "stamped", "rows_since"}
 # Not queries: they read the rows the queries return.
-DECODERS = {"decode", "read_moment", "backlog_row", "hour_row"}
+DECODERS = {"decode", "read_moment", "backlog_row", "hour_row", "failing_row"}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ def compiled(connection: Connection, statement: Select[Any]) -> tuple[str, dict[
 
 def test_every_query_builder_is_classified() -> None:
     """A new query method must be added to the checks below."""
-    known = {"now", "backlog", "future_rows", "synced_between", "max_id", "row_moment"}
+    known = {"now", "backlog", "future_rows", "synced_between", "max_id", "row_moment", "failing"}
+    known |= {"count_later_than"}
     known |= {"rows_after", "rows_in_ranges"} | NOT_STEADY | DECODERS
     for cls in (StoreQueries, ChangeFeedQueries):
         methods = {
