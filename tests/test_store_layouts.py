@@ -4,6 +4,7 @@ columns, failing changes, Heroku Connect's trigger log; every metric against SQL
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -281,3 +282,286 @@ def test_constants_stand_in_for_missing_object_and_operation_columns(store_url: 
         {(k if k[2] == "to_crm" else (*k[:2], "other", k[3])): v for k, v in errors.items()}
     )
     engine.dispose()
+
+
+# --- a trigger log with an archive ------------------------------------------------------------
+
+
+def trigger_log_table(metadata: sa.MetaData, name: str, aware: bool) -> sa.Table:
+    """A trigger log table with the columns Heroku Connect documents for _trigger_log."""
+    stamp = _timestamp(aware)
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("txid", sa.BigInteger),
+        sa.Column("created_at", stamp),
+        sa.Column("updated_at", stamp),
+        sa.Column("processed_at", stamp),
+        sa.Column("processed_tx", sa.BigInteger),
+        sa.Column("state", sa.String(8), nullable=False),
+        sa.Column("action", sa.String(7), nullable=False),
+        sa.Column("table_name", sa.String(128), nullable=False),
+        sa.Column("record_id", sa.BigInteger, nullable=False),
+        sa.Column("sfid", sa.String(18)),
+        sa.Column("values", sa.Text),
+        sa.Column("old", sa.Text),
+        sa.Column("sf_message", sa.Text),
+        sa.Index(f"ix_{name}_processed_at", "processed_at"),
+    )
+
+
+FAILURES = (*MESSAGES, "REQUIRED_FIELD_MISSING: Required fields are missing: [LastName]")
+CODE = {**MESSAGES, FAILURES[-1]: "REQUIRED_FIELD_MISSING"}
+SYNCED_STATES = ("SUCCESS",)
+OTHER_STATES = ("IGNORED", "MERGED", "READONLY")
+
+
+@dataclass
+class TriggerLog:
+    """A sync engine's trigger log: changes captured, processed in place, then archived."""
+
+    engine: sa.Engine
+    log: sa.Table
+    archive: sa.Table
+    rng: random.Random
+    next_id: int = 1
+
+    def capture(self, rows: int, stamp: datetime, state: str = "NEW") -> None:
+        values = []
+        for _ in range(rows):
+            values.append(
+                {
+                    "id": self.next_id,
+                    "txid": self.next_id,
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                    "state": state,
+                    "action": self.rng.choice(("INSERT", "UPDATE", "DELETE")),
+                    "table_name": self.rng.choice(("lead", "contact", "account")),
+                    "record_id": self.rng.randrange(1, 500),
+                    "values": '"email"=>"jane@example.com"',
+                }
+            )
+            self.next_id += 1
+        with self.engine.begin() as connection:
+            connection.execute(self.log.insert(), values)
+
+    def ids(self, table: sa.Table, *states: str) -> list[int]:
+        with self.engine.connect() as connection:
+            return list(
+                connection.execute(
+                    sa.select(table.c.id).where(table.c.state.in_(states)).order_by(table.c.id)
+                ).scalars()
+            )
+
+    def process(self, share: float, stamp: datetime) -> None:
+        """Take new changes up, and finish some pending ones: synced, failed or ignored."""
+        log = self.log
+        with self.engine.begin() as connection:
+            for row_id in self.ids(log, "PENDING"):
+                if self.rng.random() < share:
+                    state = self.rng.choice(("SUCCESS", "SUCCESS", "SUCCESS", "FAILED", "IGNORED"))
+                    message = self.rng.choice(FAILURES) if state == "FAILED" else None
+                    connection.execute(
+                        log.update()
+                        .where(log.c.id == row_id)
+                        .values(
+                            state=state,
+                            processed_at=stamp,
+                            updated_at=stamp,
+                            processed_tx=row_id,
+                            sf_message=message,
+                        )
+                    )
+            connection.execute(
+                log.update().where(log.c.state == "NEW").values(state="PENDING", updated_at=stamp)
+            )
+
+    def archive_processed(self, share: float) -> None:
+        """Move some processed rows, with their ids and stamps, to the archive."""
+        log, archive = self.log, self.archive
+        done = [
+            row_id
+            for row_id in self.ids(log, *SYNCED_STATES, "FAILED", *OTHER_STATES)
+            if self.rng.random() < share
+        ]
+        if not done:
+            return
+        with self.engine.begin() as connection:
+            connection.execute(
+                archive.insert().from_select(
+                    [c.name for c in log.columns], sa.select(log).where(log.c.id.in_(done))
+                )
+            )
+            connection.execute(log.delete().where(log.c.id.in_(done)))
+
+    def history_before(self, hour_start: datetime) -> None:
+        """Rows processed in the previous full hour and before, some of them archived."""
+        for minutes in range(0, 180, 7):
+            stamp = hour_start + timedelta(minutes=60 - minutes)
+            self.capture(4, stamp - timedelta(minutes=2), state="PENDING")
+            self.process(1.0, stamp)
+            if minutes % 2:
+                self.archive_processed(0.7)
+
+
+def union_sql(log: str, archive: str, columns: str, where: str, group: str) -> str:
+    """An independent count over both tables."""
+    return (
+        f"SELECT {group}, COUNT(*) FROM (SELECT {columns} FROM {log} "
+        f"UNION ALL SELECT {columns} FROM {archive}) AS t WHERE {where} GROUP BY {group}"
+    )
+
+
+def check_trigger_log(
+    result: dict[Any, float], engine: sa.Engine, log: str, archive: str, since: datetime
+) -> None:
+    """Every metric of a trigger-log store against SQL over the log and its archive."""
+    assert by_name(result, "crmsync_up") == {STORE: 1.0}
+    literal = f"'{since.isoformat(sep=' ')}'"
+    pending = sql_counts(
+        engine,
+        f"SELECT table_name, action, COUNT(*) FROM {log} "
+        "WHERE state IN ('NEW', 'PENDING') GROUP BY table_name, action",
+    )
+    assert nonzero(series_total(result, "crmsync_pending_records")) == {
+        (obj, action, "to_crm"): n for (obj, action), n in pending.items()
+    }
+    columns = "id, state, action, table_name, processed_at, created_at, sf_message"
+    synced = sql_counts(
+        engine,
+        union_sql(
+            log,
+            archive,
+            columns,
+            f"state = 'SUCCESS' AND processed_at > {literal}",
+            "table_name, action",
+        ),
+    )
+    assert synced, "the engine synced changes while the exporter ran"
+    expected = {(obj, action, "to_crm"): n for (obj, action), n in synced.items()}
+    assert nonzero(series_total(result, "crmsync_records_synced_total")) == expected
+    assert nonzero(series_total(result, "crmsync_sync_latency_seconds_count")) == expected
+    failed = sql_counts(
+        engine,
+        union_sql(
+            log,
+            archive,
+            columns,
+            f"state = 'FAILED' AND processed_at > {literal}",
+            "table_name, action, sf_message",
+        ),
+    )
+    assert failed
+    errors: dict[tuple[str, ...], float] = {}
+    for (obj, action, message), n in failed.items():
+        code = next(code for text, code in CODE.items() if text.lower() == message)
+        key = (obj, action, "to_crm", code.lower())
+        errors[key] = errors.get(key, 0) + n
+    assert lowered(nonzero(series_total(result, "crmsync_sync_errors_total"))) == errors
+    hour = by_name(result, "crmsync_records_synced_last_hour_start_timestamp_seconds")[STORE]
+    start = datetime.fromtimestamp(hour, UTC).replace(tzinfo=None)
+    bounds = (
+        f"state = 'SUCCESS' AND processed_at >= '{start.isoformat(sep=' ')}'"
+        f" AND processed_at < '{(start + timedelta(hours=1)).isoformat(sep=' ')}'"
+    )
+    last_hour = sql_counts(engine, union_sql(log, archive, columns, bounds, "table_name"))
+    assert last_hour
+    served = {
+        dict(labels)["object"]: value
+        for labels, value in by_name(result, "crmsync_records_synced_last_hour").items()
+        if value
+    }
+    assert served == {obj: n for (obj,), n in last_hour.items()}
+    # The log has no retry count, and Heroku Connect does not retry a failed change.
+    assert by_name(result, "crmsync_failing_records") == {}
+
+
+def trigger_log_mapping(log: str, archive: str) -> dict[str, Any]:
+    """The trigger log mapped key by key (what the heroku-connect preset writes for you)."""
+    common = {"object_type": "table_name", "operation": "action"}
+    return {
+        "operations": {"insert": ["INSERT"], "update": ["UPDATE"], "delete": ["DELETE"]},
+        "objects": ["lead", "contact", "account"],
+        "mapping": {
+            "constants": {"direction": "to_crm"},
+            "queue": {
+                "table": log,
+                **common,
+                "enqueued_at": "created_at",
+                "filter": {"column": "state", "values": ["NEW", "PENDING"]},
+            },
+            "history": {
+                "table": log,
+                "archive_table": archive,
+                **common,
+                "enqueued_at": "created_at",
+                "synced_at": "processed_at",
+                "filter": {"column": "state", "values": ["SUCCESS"]},
+            },
+            "errors": {
+                "table": log,
+                "archive_table": archive,
+                **common,
+                "error_code": None,
+                "error_message": "sf_message",
+                "failed_at": "processed_at",
+                "filter": {"column": "state", "values": ["FAILED"]},
+            },
+        },
+    }
+
+
+def run_trigger_log(
+    engine: sa.Engine, log: sa.Table, archive: sa.Table, settings: dict[str, Any], url: str
+) -> tuple[dict[Any, float], datetime]:
+    """Rows captured, processed and archived between the exporter's reads."""
+    writer = TriggerLog(engine, log, archive, random.Random(7))
+    now = utcnow()
+    writer.history_before(now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1))
+    writer.capture(30, now - timedelta(minutes=3))
+    writer.process(0.0, now)
+    runner = runner_for(url, **settings)
+    collect(runner)
+    since = utcnow()
+    for step in range(12):
+        stamp = utcnow()
+        writer.capture(15, stamp)
+        writer.process(0.5, stamp)
+        if step % 3 == 0:
+            # Rows counted while in the log move on; others move before the next read.
+            collect(runner)
+        writer.archive_processed(0.5)
+        collect(runner)
+    return collect_settled(runner), since
+
+
+def test_a_trigger_log_with_an_archive_counts_each_change_once(server_url: str) -> None:
+    engine = sa.create_engine(server_url)
+    metadata = sa.MetaData()
+    log = trigger_log_table(metadata, "change_log", aware=False)
+    archive = trigger_log_table(metadata, "change_log_archive", aware=False)
+    metadata.create_all(engine)
+    settings = trigger_log_mapping("change_log", "change_log_archive")
+    result, since = run_trigger_log(engine, log, archive, settings, server_url)
+    check_trigger_log(result, engine, "change_log", "change_log_archive", since)
+    engine.dispose()
+
+
+def test_the_heroku_connect_preset_reads_its_trigger_log_and_archive(postgres_url: str) -> None:
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE SCHEMA hc_sf"))
+    try:
+        metadata = sa.MetaData(schema="hc_sf")
+        log = trigger_log_table(metadata, "_trigger_log", aware=True)
+        archive = trigger_log_table(metadata, "_trigger_log_archive", aware=True)
+        metadata.create_all(engine)
+        settings = {"preset": "heroku-connect", "schema": "hc_sf"}
+        result, since = run_trigger_log(engine, log, archive, settings, postgres_url)
+        check_trigger_log(result, engine, "hc_sf._trigger_log", "hc_sf._trigger_log_archive", since)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP SCHEMA hc_sf CASCADE"))
+        engine.dispose()
