@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.mysql import DATETIME
 
-from exporter.schema import sync_error, sync_history, sync_queue
+from exporter.schema import create_reference_schema, sync_error, sync_history, sync_queue
 from tests.helpers import (
     by_name,
     collect,
@@ -565,3 +565,72 @@ def test_the_heroku_connect_preset_reads_its_trigger_log_and_archive(postgres_ur
         with engine.begin() as connection:
             connection.execute(sa.text("DROP SCHEMA hc_sf CASCADE"))
         engine.dispose()
+
+
+# --- failing changes from error rows newer than the queue row ---------------------------------
+
+
+def test_waiting_changes_with_a_newer_error_row_are_failing(store_url: str) -> None:
+    engine = sa.create_engine(store_url)
+    create_reference_schema(engine)
+    rng = random.Random(5)
+    now = utcnow()
+    queue_rows, error_rows = [], []
+    for record in range(300):
+        change = {
+            "object_type": rng.choice(("lead", "Contact")),
+            "record_id": f"r{record}",
+            "operation": rng.choice(("insert", "update")),
+            "direction": rng.choice(("to_crm", "from_crm")),
+        }
+        enqueued = now - timedelta(minutes=rng.uniform(5, 60))
+        queue_rows.append({**change, "enqueued_at": enqueued})
+        for _ in range(rng.choice((0, 1, 1, 3))):
+            # Before the change was queued (an earlier attempt of the record) or after it.
+            failed = enqueued + timedelta(minutes=rng.uniform(-30, 4))
+            error_rows.append(
+                {
+                    **change,
+                    "record_name": None,
+                    "error_code": rng.choice(("UNABLE_TO_LOCK_ROW", "DUPLICATE_VALUE")),
+                    "error_message": "x",
+                    "failed_at": failed,
+                }
+            )
+        if record % 10 == 0:  # another object's record with the same id: not this change's
+            error_rows.append({**error_rows[-1], "object_type": "account"} if error_rows else {})
+    with engine.begin() as connection:
+        connection.execute(sync_queue.insert(), queue_rows)
+        connection.execute(sync_error.insert(), [row for row in error_rows if row])
+    result = collect(runner_for(store_url, mapping={"failing_from_errors": True}))
+
+    with engine.connect() as connection:
+        matches = connection.execute(
+            sa.text(
+                "SELECT q.id, q.object_type, q.operation, q.direction, e.failed_at, e.id,"
+                " e.error_code FROM sync_queue q JOIN sync_error e"
+                " ON e.record_id = q.record_id AND e.object_type = q.object_type"
+                " AND e.failed_at >= q.enqueued_at"
+            )
+        ).all()
+    latest: dict[int, Any] = {}
+    for row in matches:
+        if row[0] not in latest or (row[4], row[5]) > (latest[row[0]][4], latest[row[0]][5]):
+            latest[row[0]] = row
+    expected: dict[tuple[str, ...], float] = {}
+    for _, obj, operation, direction, _, _, code in latest.values():
+        key = (obj.lower(), operation, direction, code.lower())
+        expected[key] = expected.get(key, 0) + 1
+    assert expected
+    served = nonzero(series_total(result, "crmsync_failing_records"))
+    assert lowered(served) == expected
+    engine.dispose()
+
+
+def test_failing_changes_are_absent_where_the_store_cannot_tell(sqlite_url: str) -> None:
+    engine = sa.create_engine(sqlite_url)
+    create_reference_schema(engine)
+    result = collect(runner_for(sqlite_url))
+    assert by_name(result, "crmsync_up") == {STORE: 1.0}
+    assert by_name(result, "crmsync_failing_records") == {}
+    engine.dispose()
