@@ -267,6 +267,51 @@ class StoreMapping(_Frozen):
                 )
         return data
 
+    def roles(self) -> tuple[QueueTable, HistoryTable | None, ErrorTable | None]:
+        """Where waiting changes, synced changes and failed attempts live, whatever the layout.
+
+        A status table is the three roles of one table, told apart by status.
+        """
+        single = self.single_table
+        if single is None:
+            return self.queue, self.history, self.errors
+        statuses = self.status_values
+
+        def status(values: tuple[str, ...]) -> RowFilter:
+            return RowFilter(column=single.status, values=values)
+
+        labels = {
+            "table": single.table,
+            "object_type": single.object_type,
+            "operation": single.operation,
+            "direction": single.direction,
+        }
+        queue = QueueTable(
+            **labels,
+            enqueued_at=single.enqueued_at,
+            record_id=single.record_id,
+            filter=status(statuses.pending),
+        )
+        history = HistoryTable(
+            **labels,
+            id=single.id,
+            enqueued_at=single.enqueued_at,
+            synced_at=single.synced_at,
+            filter=status(statuses.synced),
+        )
+        errors = ErrorTable(
+            **labels,
+            id=single.id,
+            error_code=single.error_code,
+            error_code_pattern=single.error_code_pattern,
+            failed_at=single.failed_at,
+            record_id=single.record_id,
+            record_name=single.record_name,
+            error_message=single.error_message,
+            filter=status(statuses.failed),
+        )
+        return queue, history, errors
+
     @model_validator(mode="after")
     def _failing_source(self) -> Self:
         if not self.failing_from_errors:

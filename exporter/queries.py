@@ -31,11 +31,9 @@ from sqlalchemy.sql.expression import TableClause
 from exporter.config import (
     Constants,
     ErrorTable,
-    HistoryTable,
     QueueTable,
     RowFilter,
     StoreConfig,
-    StoreMapping,
 )
 from exporter.dialects import Comparison, Dialect
 from exporter.wall_clock import WallClock
@@ -550,13 +548,7 @@ def build_queries(store: StoreConfig, dialect: Dialect) -> StoreQueries:
     constants = mapping.constants
     clock = None if store.naive_time_zone == "UTC" else WallClock(store.naive_zone)
     schema = store.schema_
-    queue_config: QueueTable
-    history_config: HistoryTable | None
-    errors_config: ErrorTable | None
-    if mapping.single_table is None:
-        queue_config, history_config, errors_config = mapping.queue, mapping.history, mapping.errors
-    else:
-        queue_config, history_config, errors_config = _single_table_roles(mapping)
+    queue_config, history_config, errors_config = mapping.roles()
 
     history = None
     if history_config is not None:
@@ -650,45 +642,3 @@ def _sources(name: str, archive: str | None, schema: str | None) -> tuple[TableC
     if archive is None:
         return (_table(name, schema),)
     return (_table(name, schema), _table(archive, schema))
-
-
-def _single_table_roles(mapping: StoreMapping) -> tuple[QueueTable, HistoryTable, ErrorTable]:
-    """The status-table layout as three roles of one table, told apart by status."""
-    single = mapping.single_table
-    assert single is not None
-    statuses = mapping.status_values
-
-    def status(values: tuple[str, ...]) -> RowFilter:
-        return RowFilter(column=single.status, values=values)
-
-    labels = {
-        "table": single.table,
-        "object_type": single.object_type,
-        "operation": single.operation,
-        "direction": single.direction,
-    }
-    queue = QueueTable(
-        **labels,
-        enqueued_at=single.enqueued_at,
-        record_id=single.record_id,
-        filter=status(statuses.pending),
-    )
-    history = HistoryTable(
-        **labels,
-        id=single.id,
-        enqueued_at=single.enqueued_at,
-        synced_at=single.synced_at,
-        filter=status(statuses.synced),
-    )
-    errors = ErrorTable(
-        **labels,
-        id=single.id,
-        error_code=single.error_code,
-        error_code_pattern=single.error_code_pattern,
-        failed_at=single.failed_at,
-        record_id=single.record_id,
-        record_name=single.record_name,
-        error_message=single.error_message,
-        filter=status(statuses.failed),
-    )
-    return queue, history, errors
