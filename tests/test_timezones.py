@@ -421,12 +421,15 @@ def test_sqlite_windows_are_read_through_the_timestamp_index(sqlite_url: str) ->
     create_reference_schema(engine)
     queries = build_queries(store_config(sqlite_url), SQLite())
     start, end = HOUR_START.replace(tzinfo=None), HOUR_END.replace(tzinfo=None)
-    expected = {
+    assert queries.history is not None
+    future_rows = queries.future_rows(DB_NOW.timestamp())
+    assert future_rows is not None
+    expected: dict[Any, str] = {
         queries.synced_between(
             start, end
         ): "ix_sync_history_synced_at (synced_at>? AND synced_at<?)",
         queries.history.rows_since(start): "ix_sync_history_synced_at (synced_at>?)",
-        queries.future_rows(DB_NOW.timestamp()): "ix_sync_error_failed_at (failed_at>?)",
+        future_rows: "ix_sync_error_failed_at (failed_at>?)",
     }
     with engine.connect() as connection:
         for statement, index_range in expected.items():
