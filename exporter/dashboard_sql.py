@@ -315,10 +315,14 @@ class StoreSql:
         """The FROM of a source: its table, or its table and archive as one."""
         if len(source.tables) == 1:
             return self.sql.ident(source.tables[0])
-        names = ", ".join(self.sql.ident(name) for name in source.columns.values() if name)
-        names += "".join(
-            f", {self.sql.ident(source.where.column)}" for _ in (1,) if source.where is not None
-        )
+        read = {
+            name
+            for key, name in source.columns.items()
+            if name is not None and self.constants.get(key) is None
+        }
+        if source.where is not None:
+            read.add(source.where.column)
+        names = ", ".join(self.sql.ident(name) for name in sorted(read))
         branches = "\n    UNION ALL ".join(
             f"SELECT {names} FROM {self.sql.ident(table)}" for table in source.tables
         )
