@@ -261,7 +261,9 @@ def render(results: dict[str, Any]) -> str:
                     stage["dialect"],
                     stage["label"],
                     f"{stage['errors']:,}",
-                    number(stage["failing"]["without_index_ms"], 2),
+                    number(stage["failing"]["without_index_ms"], 2)
+                    if stage["failing"]["without_index_ms"] is not None
+                    else f"> {stage['failing']['timeout_s']:g} s (timed out)",
                     number(stage["failing"]["index_s"], 2),
                     number(stage["failing"]["with_index_ms"], 2),
                     number(stage["steps_ms"].get("backlog"), 2),
