@@ -4,6 +4,8 @@ columns, failing changes, Heroku Connect's trigger log; every metric against SQL
 from __future__ import annotations
 
 import random
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -515,9 +517,15 @@ def trigger_log_mapping(log: str, archive: str) -> dict[str, Any]:
 
 
 def run_trigger_log(
-    engine: sa.Engine, log: sa.Table, archive: sa.Table, settings: dict[str, Any], url: str
+    engine: sa.Engine,
+    log: sa.Table,
+    archive: sa.Table,
+    settings: dict[str, Any],
+    url: str,
+    concurrent: bool = False,
 ) -> tuple[dict[Any, float], datetime]:
-    """Rows captured, processed and archived between the exporter's reads."""
+    """Rows captured, processed and archived between the exporter's reads, or (``concurrent``)
+    by a writer thread while the exporter reads."""
     writer = TriggerLog(engine, log, archive, random.Random(7))
     now = utcnow()
     writer.history_before(now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1))
@@ -526,6 +534,25 @@ def run_trigger_log(
     runner = runner_for(url, **settings)
     collect(runner)
     since = utcnow()
+    if concurrent:
+        stop = threading.Event()
+
+        def write() -> None:
+            while not stop.is_set():
+                stamp = utcnow()
+                writer.capture(5, stamp)
+                writer.process(0.5, stamp)
+                writer.archive_processed(0.5)
+
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            collect(runner)
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive()
+        return collect_settled(runner), since
     for step in range(12):
         stamp = utcnow()
         writer.capture(15, stamp)
@@ -538,14 +565,17 @@ def run_trigger_log(
     return collect_settled(runner), since
 
 
-def test_a_trigger_log_with_an_archive_counts_each_change_once(server_url: str) -> None:
+@pytest.mark.parametrize("concurrent", [False, True], ids=["between reads", "while reading"])
+def test_a_trigger_log_with_an_archive_counts_each_change_once(
+    server_url: str, concurrent: bool
+) -> None:
     engine = sa.create_engine(server_url)
     metadata = sa.MetaData()
     log = trigger_log_table(metadata, "change_log", aware=False)
     archive = trigger_log_table(metadata, "change_log_archive", aware=False)
     metadata.create_all(engine)
     settings = trigger_log_mapping("change_log", "change_log_archive")
-    result, since = run_trigger_log(engine, log, archive, settings, server_url)
+    result, since = run_trigger_log(engine, log, archive, settings, server_url, concurrent)
     check_trigger_log(result, engine, "change_log", "change_log_archive", since)
     engine.dispose()
 
@@ -560,7 +590,7 @@ def test_the_heroku_connect_preset_reads_its_trigger_log_and_archive(postgres_ur
         archive = trigger_log_table(metadata, "_trigger_log_archive", aware=True)
         metadata.create_all(engine)
         settings = {"preset": "heroku-connect", "schema": "hc_sf"}
-        result, since = run_trigger_log(engine, log, archive, settings, postgres_url)
+        result, since = run_trigger_log(engine, log, archive, settings, postgres_url, True)
         check_trigger_log(result, engine, "hc_sf._trigger_log", "hc_sf._trigger_log_archive", since)
     finally:
         with engine.begin() as connection:
