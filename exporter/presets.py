@@ -61,6 +61,6 @@ def apply_preset(store: dict[str, Any]) -> dict[str, Any]:
     if store.get("mapping") is not None:
         raise ValueError(f"preset {name!r} maps the whole store: leave out mapping")
     preset, schema = PRESETS[name]
-    merged = {**preset, **store}
+    merged = {**preset, **{key: value for key, value in store.items() if key != "mapping"}}
     merged.setdefault("schema", schema)
     return merged

@@ -115,14 +115,6 @@ class LabelColumns:
     def grouped(self, *names: str) -> list[ColumnElement[Any]]:
         return [getattr(self, name) for name in names if getattr(self, name) is not None]
 
-    def bound_to(self, alias: Any) -> LabelColumns:
-        """The same columns of a table alias (for correlated queries)."""
-
-        def bound(column_: ColumnElement[Any] | None) -> ColumnElement[Any] | None:
-            return None if column_ is None else alias.c[column_.key]
-
-        return LabelColumns(bound(self.object), bound(self.operation), bound(self.direction))
-
 
 _SERIES = ("object", "operation", "direction")
 
@@ -162,8 +154,6 @@ class ChangeFeedQueries:
     where: ColumnElement[bool] | None
     dialect: Dialect
     clock: WallClock | None
-    record_id: ColumnElement[Any] | None
-    """The record a failed attempt was for (failed attempts only)."""
 
     @property
     def append_only(self) -> bool:
@@ -281,7 +271,6 @@ class QueueQueries:
 
     source: TableClause
     labels: LabelColumns
-    record_id: ColumnElement[Any]
     enqueued_at: ColumnElement[datetime]
     where: ColumnElement[bool] | None
     retries: ColumnElement[Any] | None
@@ -311,16 +300,6 @@ class StoreQueries:
     @property
     def feeds(self) -> tuple[ChangeFeedQueries, ...]:
         return tuple(feed for feed in (self.history, self.errors) if feed is not None)
-
-    @property
-    def has_failing(self) -> bool:
-        """Whether the store can tell which waiting changes failed last."""
-        queue = self.queue
-        return (
-            queue.retries is not None
-            or queue.last_error is not None
-            or self.failing_match is not None
-        )
 
     def now(self) -> Select[Any]:
         return select(self.dialect.now_epoch_seconds().label("now"))
@@ -564,7 +543,6 @@ def build_queries(store: StoreConfig, dialect: Dialect) -> StoreQueries:
             where=_filter(history_config.filter),
             dialect=dialect,
             clock=clock,
-            record_id=None,
         )
     errors = None
     if errors_config is not None:
@@ -585,12 +563,10 @@ def build_queries(store: StoreConfig, dialect: Dialect) -> StoreQueries:
             where=_filter(errors_config.filter),
             dialect=dialect,
             clock=clock,
-            record_id=column(errors_config.record_id),
         )
     queue = QueueQueries(
         source=_table(queue_config.table, schema),
         labels=_label_columns(queue_config, constants),
-        record_id=column(queue_config.record_id),
         enqueued_at=column(queue_config.enqueued_at, DateTime),
         where=_filter(queue_config.filter),
         retries=None if queue_config.retries is None else column(queue_config.retries),
