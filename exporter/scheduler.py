@@ -47,11 +47,11 @@ class Scheduler:
     than it may have connections, so that no worker sits waiting for a connection while
     stores of other servers are due), then for a worker. Both waits are queueing, not the
     store failing: freshness does not count them (see runner.QueueWait), except the wait for
-    a server whose last collection failed, so that a server gone down takes its stores' gauges
-    with it on time. Every store's first cycle runs at
-    once; later ones start at a random phase of the store's interval, so that a fleet's
-    stores do not all query at the same moments. A cycle that ends past its next start is
-    not repeated to catch up: the next one follows its phase.
+    a server whose last collection failed, so that a server gone down takes its stores'
+    gauges with it on time. Every store's first cycle runs at once; later ones start at a
+    random phase of the store's interval, so that a fleet's stores do not all query at the
+    same moments. A cycle that ends past its next start is not repeated to catch up: the
+    next one follows its phase.
     """
 
     def __init__(
