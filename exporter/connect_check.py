@@ -59,7 +59,7 @@ class StoreReport:
 def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
     pool = list(candidates)
     lowered = {candidate.lower(): candidate for candidate in pool}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.75)
     if not close:
         return ""
     return "; did you mean " + " or ".join(repr(lowered[match]) for match in close) + "?"
@@ -374,7 +374,7 @@ class _StoreCheck:
             self.report.add(
                 "warning",
                 read.key,
-                f"no index on {read.name} starting with ({columns}), which {need.why}{who} needs: "
+                f"no index on {read.name} starting with ({columns}) for {need.why}{who}: "
                 f"each read scans the table; CREATE INDEX ix_{bare}_{'_'.join(need.columns())} "
                 f"ON {read.name} ({columns})",
             )

@@ -181,7 +181,7 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
                     IndexNeed(
                         frozenset({single.status}),
                         (),
-                        "backlog: the pending rows, by status",
+                        "the backlog (pending rows by status)",
                     ),
                     IndexNeed(
                         frozenset({single.synced_at}), (), "new syncs and the last full hour"
@@ -210,7 +210,7 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
                 IndexNeed(
                     frozenset({queue.object_type, queue.operation, queue.direction}),
                     (queue.enqueued_at,),
-                    "backlog: count and oldest enqueued_at per object, operation, direction",
+                    "the backlog (count and oldest enqueued_at per object, operation, direction)",
                 ),
             ),
         ),
@@ -238,7 +238,7 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
                 IndexNeed(
                     frozenset({errors.failed_at}),
                     (),
-                    "the errors dashboard pages through time",
+                    "the errors dashboard's pages through time",
                     used_by="dashboards",
                 ),
             ),
