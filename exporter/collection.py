@@ -19,6 +19,7 @@ from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.queries import StoreQueries, build_queries
+from exporter.store_values import StatusWatch
 from exporter.tally import Counter, Debuts, Histogram, HistogramValue
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ class StoreCollector:
         self._error_debuts: Debuts[ErrorSeries] = Debuts(config.new_counter_hold)
         self._late_logged: dict[str, tuple[float, int]] = {}
         self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
+        self._status_watch = StatusWatch(config, clock)
         self.query_seconds: dict[str, float] = {}
         # Long enough for any statement the server lets run (query_timeout) and its result.
         self._watchdog = Watchdog(
@@ -306,6 +308,8 @@ class StoreCollector:
                 step = "reading the database clock"
                 started = time.perf_counter()
                 db_now = float(connection.execute(self.queries.now()).scalar_one())
+                step = "reading the recent status values"
+                self._status_watch.check(connection)
                 step = f"reading the backlog from {self.queries.queue_source.fullname}"
                 backlog, future_pending = self._backlog(connection, db_now)
                 timings["backlog"] = time.perf_counter() - started
