@@ -149,6 +149,8 @@ def build_runners(config: Config, shard: Shard) -> list[StoreRunner]:
             continue
         try:
             runners.append(StoreRunner(StoreCollector(store)))
+        except ConfigError as error:  # a password that cannot be read
+            raise UsageError(f"stores[{index}].{'; '.join(error.problems)}") from None
         except (NoSuchModuleError, UnsupportedDatabaseError, ArgumentError) as error:
             raise UsageError(f"stores[{index}].url: {error}") from None
         except ModuleNotFoundError as error:
