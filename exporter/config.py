@@ -130,7 +130,8 @@ class ErrorTable(_Table):
     error_code: SqlName = "error_code"
     failed_at: SqlName = "failed_at"
     record_id: SqlName = "record_id"
-    record_name: SqlName = "record_name"
+    # Only the dashboards show it; null where the store has no such column.
+    record_name: SqlName | None = "record_name"
     error_message: SqlName = "error_message"
 
 
@@ -144,7 +145,8 @@ class SingleTable(_Table):
     operation: SqlName = "operation"
     direction: SqlName = "direction"
     record_id: SqlName = "record_id"
-    record_name: SqlName = "record_name"
+    # Only the dashboards show it; null where the store has no such column.
+    record_name: SqlName | None = "record_name"
     enqueued_at: SqlName = "enqueued_at"
     synced_at: SqlName = "synced_at"
     failed_at: SqlName = "failed_at"

@@ -241,7 +241,7 @@ class StoreSql:
                     "time": errors.failed_at,
                     "object": errors.object_type,
                     "record_id": errors.record_id,
-                    "record_name": errors.record_name,
+                    **({"record_name": errors.record_name} if errors.record_name else {}),
                     "operation": errors.operation,
                     "direction": errors.direction,
                     "error_code": errors.error_code,
@@ -269,7 +269,7 @@ class StoreSql:
                     "time": single.failed_at,
                     "object": single.object_type,
                     "record_id": single.record_id,
-                    "record_name": single.record_name,
+                    **({"record_name": single.record_name} if single.record_name else {}),
                     "operation": single.operation,
                     "direction": single.direction,
                     "error_code": single.error_code,
@@ -369,6 +369,8 @@ class StoreSql:
         sql = self.sql
         source = self.errors
         c = {key: sql.ident(name) for key, name in source.columns.items()}
+        # A store without record names: the column reads NULL, as for a row without one.
+        c.setdefault("record_name", "NULL")
         where = [f"$__timeFilter({c['time']})"] + ([source.where] if source.where else [])
         texts = (
             "failure_text AS (\n  SELECT\n    "
