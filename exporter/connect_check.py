@@ -375,7 +375,7 @@ class _StoreCheck:
                 "warning",
                 read.key,
                 f"no index on {read.name} starting with ({columns}) for {need.why}{who}: "
-                f"each read scans the table; CREATE INDEX ix_{bare}_{'_'.join(need.columns())} "
+                f"each read scans the table; CREATE INDEX ix_{bare}_{need.name} "
                 f"ON {read.name} ({columns})",
             )
 
@@ -437,7 +437,8 @@ def render(reports: Sequence[StoreReport], source: str) -> str:
         out += report.lines
         out.append("  resolved mapping:")
         out += [f"    {line}" for line in resolved_mapping(store).splitlines()]
-        for finding in report.findings:
+        # Errors first: what makes metrics wrong or absent, then what is worth a look.
+        for finding in sorted(report.findings, key=lambda f: f.severity != "error"):
             out.append(f"  {finding.severity}: {finding.key}: {finding.message}")
         counts = f"{_count(report.errors, 'error')}, {_count(report.warnings, 'warning')}"
         out.append(f"  {store.name}: {counts}")

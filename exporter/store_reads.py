@@ -51,18 +51,20 @@ class MappedValues:
 class IndexNeed:
     """An index a steady query needs: its leading columns, in any order, then ``then``."""
 
-    leading: frozenset[str]
+    name: str
+    """A short name for the index to recommend, e.g. ``backlog``."""
+    leading: tuple[str, ...]
     then: tuple[str, ...]
     why: str
     used_by: User = "exporter"
 
     def columns(self) -> tuple[str, ...]:
-        """The columns of the index to recommend, in a good order."""
-        return (*sorted(self.leading), *self.then)
+        """The columns of the index to recommend, in order."""
+        return (*self.leading, *self.then)
 
     def met_by(self, index_columns: tuple[str, ...]) -> bool:
         width = len(self.leading)
-        return set(index_columns[:width]) == self.leading and (
+        return set(index_columns[:width]) == set(self.leading) and (
             index_columns[width : width + len(self.then)] == self.then
         )
 
@@ -179,14 +181,12 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
                 values=(status, *_label_values(store, names)),
                 indexes=(
                     IndexNeed(
-                        frozenset({single.status}),
-                        (),
-                        "the backlog (pending rows by status)",
+                        "status", (single.status,), (), "the backlog (pending rows by status)"
                     ),
                     IndexNeed(
-                        frozenset({single.synced_at}), (), "new syncs and the last full hour"
+                        "synced_at", (single.synced_at,), (), "new syncs and the last full hour"
                     ),
-                    IndexNeed(frozenset({single.failed_at}), (), "new failures"),
+                    IndexNeed("failed_at", (single.failed_at,), (), "new failures"),
                 ),
             ),
         )
@@ -208,7 +208,8 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
             values=tuple(_label_values(store, queue_names)),
             indexes=(
                 IndexNeed(
-                    frozenset({queue.object_type, queue.operation, queue.direction}),
+                    "backlog",
+                    (queue.object_type, queue.operation, queue.direction),
                     (queue.enqueued_at,),
                     "the backlog (count and oldest enqueued_at per object, operation, direction)",
                 ),
@@ -222,8 +223,8 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
             columns=_columns("mapping.history", history_names, _KINDS, _DASHBOARDS_ONLY),
             values=tuple(_label_values(store, history_names)),
             indexes=(
-                IndexNeed(frozenset({history.id}), (), "new rows by id"),
-                IndexNeed(frozenset({history.synced_at}), (), "the last full hour"),
+                IndexNeed("id", (history.id,), (), "new rows by id"),
+                IndexNeed("synced_at", (history.synced_at,), (), "the last full hour"),
             ),
         ),
         TableRead(
@@ -234,9 +235,10 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
             columns=_columns("mapping.errors", error_names, _KINDS, _DASHBOARDS_ONLY),
             values=tuple(_label_values(store, error_names)),
             indexes=(
-                IndexNeed(frozenset({errors.id}), (), "new rows by id"),
+                IndexNeed("id", (errors.id,), (), "new rows by id"),
                 IndexNeed(
-                    frozenset({errors.failed_at}),
+                    "failed_at",
+                    (errors.failed_at,),
                     (),
                     "the errors dashboard's pages through time",
                     used_by="dashboards",

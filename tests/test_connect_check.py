@@ -233,12 +233,12 @@ def test_status_values_left_to_their_defaults(
     assert findings(report, indexes=False) == []
     assert findings(report) == [
         f"warning: stores[0].mapping.single_table.table: no index on crm_changes starting with "
-        f"({column}) for {why}: each read scans the table; CREATE INDEX ix_crm_changes_{column} "
+        f"({column}) for {why}: each read scans the table; CREATE INDEX ix_crm_changes_{name} "
         f"ON crm_changes ({column})"
-        for column, why in (
-            ("state", "the backlog (pending rows by status)"),
-            ("completed", "new syncs and the last full hour"),
-            ("completed", "new failures"),
+        for name, column, why in (
+            ("status", "state", "the backlog (pending rows by status)"),
+            ("synced_at", "completed", "new syncs and the last full hour"),
+            ("failed_at", "completed", "new failures"),
         )
     ]
     assert "status (crm_changes.state, mapping.status_values): 'done' 4 -> synced" in report
