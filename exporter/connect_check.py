@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -13,9 +14,11 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy import Connection, inspect, select
 
-from exporter.collection import make_engine
+from exporter.collection import make_engine, previous_full_hour
 from exporter.config import ConfigError, StoreConfig
 from exporter.dialects import now_epoch_seconds
+from exporter.feeds import PAGE_ROWS, utc_datetime
+from exporter.queries import StoreQueries, build_queries
 from exporter.runner import describe
 from exporter.store_reads import ColumnRead, MappedValues, TableRead, store_reads
 from exporter.store_values import WINDOW_ROWS, Window, meaning, read_window, unmapped
@@ -85,6 +88,39 @@ def timestamp_kind(dialect: str, type_: Any) -> tuple[str, bool] | None:
     return None
 
 
+def _seq_scans(plan: dict[str, Any]) -> Iterator[str]:
+    """Relations a PostgreSQL JSON plan reads by a sequential scan."""
+    if plan.get("Node Type") == "Seq Scan":
+        yield str(plan.get("Relation Name"))
+    for child in plan.get("Plans", []):
+        yield from _seq_scans(child)
+
+
+def steady_statements(
+    queries: StoreQueries, connection: Connection, db_now: float
+) -> list[tuple[str, Any]]:
+    """The statements a collection runs, by name, as a steady cycle would send them now."""
+    hour_start, hour_end = previous_full_hour(db_now, UTC)
+    last_hour = queries.synced_between(utc_datetime(hour_start), utc_datetime(hour_end))
+    statements: list[tuple[str, Any]] = [
+        ("backlog", queries.backlog(db_now)),
+        ("rows stamped in the future", queries.future_rows(db_now)),
+        ("the last full hour", last_hour),
+    ]
+    for feed in (queries.history, queries.errors):
+        if queries.append_only:
+            newest = int(connection.execute(feed.max_id()).scalar() or 0)
+            statements += [
+                (f"newest {feed.name} id", feed.max_id()),
+                (f"new {feed.name} rows", feed.rows_after(newest, PAGE_ROWS)),
+                (f"{feed.name} row lookup", feed.row_moment(newest)),
+            ]
+        else:
+            since = utc_datetime(db_now - 600.0)
+            statements.append((f"new {feed.name} rows", feed.rows_since(since)))
+    return statements
+
+
 def _offset_text(seconds: float) -> str:
     quarter_hours = round(seconds / 900)
     sign = "+" if quarter_hours >= 0 else "-"
@@ -134,6 +170,8 @@ class _StoreCheck:
             connection.execute(select(now_epoch_seconds(self.dialect))).scalar_one()
         )
         self.server_zone = _server_time_zone(connection)
+        self.unindexed: set[str] = set()
+        """Tables lacking an index a query needs (their scans are reported already)."""
 
     def run(self) -> None:
         zone = self.server_zone if self.server_zone is not None else "none (SQLite)"
@@ -142,6 +180,59 @@ class _StoreCheck:
         )
         for read in store_reads(self.report.store):
             self.check_table(read)
+        if self.report.errors == 0:
+            self.check_plans()
+
+    def check_plans(self) -> None:
+        """The plans of the statements each collection runs: which of them read a whole table.
+
+        Only where a plan says what indexes could do: PostgreSQL with sequential scans
+        disabled for this transaction (a scan left is one no index can replace), SQLite.
+        MySQL's and MariaDB's optimizers read small tables whole whatever their indexes.
+        """
+        lines = self.report.lines
+        if self.dialect not in ("postgresql", "sqlite"):
+            lines.append(
+                "  plans: not read on MySQL and MariaDB (small tables are read whole whatever "
+                "their indexes); the indexes above stand in"
+            )
+            return
+        if self.dialect == "postgresql":
+            self.connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        lines.append("  plans of the statements each collection runs:")
+        queries = build_queries(self.report.store, self.dialect)
+        for name, statement in steady_statements(queries, self.connection, self.db_now):
+            scanned = sorted(set(self._table_scans(statement)))
+            lines.append(
+                f"    {name}: " + (f"reads all of {', '.join(scanned)}" if scanned else "indexed")
+            )
+            for table_name in scanned:
+                if table_name in self.unindexed:
+                    continue  # its missing index is reported already
+                self.report.add(
+                    "warning",
+                    "mapping",
+                    f"{name} reads all of {table_name} on every collection although the indexes "
+                    "it needs exist: do the column types match the values compared?",
+                )
+
+    def _table_scans(self, statement: Any) -> Iterator[str]:
+        compiled = statement.compile(
+            dialect=self.connection.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        sql = str(compiled)
+        if self.dialect == "postgresql":
+            plan = self.connection.exec_driver_sql(
+                f"EXPLAIN (FORMAT JSON) {sql}", dict(compiled.params)
+            ).scalar_one()
+            yield from _seq_scans(plan[0]["Plan"])
+            return
+        positions = compiled.positiontup or []
+        parameters = tuple(compiled.params[name] for name in positions)
+        for row in self.connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", parameters):
+            match = re.fullmatch(r"SCAN (?:TABLE )?(\S+)", str(row[-1]))
+            if match:  # "SCAN t USING ... INDEX" reads an index, not the table
+                yield match[1]
 
     def check_table(self, read: TableRead) -> None:
         report, lines = self.report, self.report.lines
@@ -370,6 +461,7 @@ class _StoreCheck:
                 self.report.lines.append(f"    index ({columns}) for {need.why}{who}: {match}")
                 continue
             self.report.lines.append(f"    index ({columns}) for {need.why}{who}: missing")
+            self.unindexed.add(table_name)
             bare = read.name.rpartition(".")[2]
             self.report.add(
                 "warning",

@@ -224,7 +224,12 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
             values=tuple(_label_values(store, history_names)),
             indexes=(
                 IndexNeed("id", (history.id,), (), "new rows by id"),
-                IndexNeed("synced_at", (history.synced_at,), (), "the last full hour"),
+                IndexNeed(
+                    "synced_at",
+                    (history.synced_at,),
+                    (),
+                    "the last full hour and rows stamped in the future",
+                ),
             ),
         ),
         TableRead(
@@ -240,8 +245,7 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
                     "failed_at",
                     (errors.failed_at,),
                     (),
-                    "the errors dashboard's pages through time",
-                    used_by="dashboards",
+                    "rows stamped in the future, and the errors dashboard's pages",
                 ),
             ),
         ),

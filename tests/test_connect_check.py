@@ -83,7 +83,18 @@ def test_a_right_mapping_passes(reference: tuple[str, sa.Engine], tmp_path: Path
     inserts = count(engine, "SELECT COUNT(*) FROM sync_queue WHERE operation = 'insert'")
     assert f"'insert' {inserts} -> insert" in report
     assert "index (id) for new rows by id: primary key" in report
-    assert "index (synced_at) for the last full hour: ix_sync_history_synced_at" in report
+    assert (
+        "index (synced_at) for the last full hour and rows stamped in the future: "
+        "ix_sync_history_synced_at" in report
+    )
+    plans = report.split("  plans of the statements each collection runs:\n", 1)
+    if engine.dialect.name == "mysql":
+        assert len(plans) == 1
+        assert "  plans: not read on MySQL and MariaDB" in report
+    else:
+        steps = plans[1].split("\n  resolved mapping:", 1)[0].splitlines()
+        assert len(steps) == 9
+        assert all(step.endswith(": indexed") for step in steps), steps
     resolved = report.split("  resolved mapping:\n", 1)[1].split("\n  main: ", 1)[0]
     document = yaml.safe_load("\n".join(line[4:] for line in resolved.splitlines()))
     assert document["mapping"]["history"]["synced_at"] == "synced_at"
@@ -147,10 +158,17 @@ def test_a_missing_index(reference: tuple[str, sa.Engine], tmp_path: Path) -> No
     assert code == 0
     assert findings(report) == [
         "warning: stores[0].mapping.history.table: no index on sync_history starting with "
-        "(synced_at) for the last full hour: each read scans the table; "
+        "(synced_at) for the last full hour and rows stamped in the future: each read scans the "
+        "table; "
         "CREATE INDEX ix_sync_history_synced_at ON sync_history (synced_at)"
     ]
-    assert "index (synced_at) for the last full hour: missing" in report
+    assert "index (synced_at) for the last full hour and rows stamped in the future: missing" in (
+        report
+    )
+    if engine.dialect.name != "mysql":  # the plans agree: the statements that need it scan
+        assert "    the last full hour: reads all of sync_history\n" in report
+        assert "    rows stamped in the future: reads all of sync_history\n" in report
+        assert "    new history rows: indexed\n" in report
 
 
 def test_a_local_time_column_declared_utc(store_url: str, tmp_path: Path) -> None:
