@@ -63,6 +63,12 @@ def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
     pool = list(candidates)
     lowered = {candidate.lower(): candidate for candidate in pool}
     close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.75)
+    # A name cut short or with a prefix left out ("code" for "error_code") is close too.
+    close += sorted(
+        c
+        for c in lowered
+        if c not in close and len(name) >= 3 and (name.lower() in c or c in name.lower())
+    )[: 3 - len(close)]
     if not close:
         return ""
     return "; did you mean " + " or ".join(repr(lowered[match]) for match in close) + "?"
@@ -253,12 +259,14 @@ class _StoreCheck:
         lines.append(f"  {kind} {read.name} ({read.key})")
         columns = {c["name"]: c["type"] for c in self.inspector.get_columns(found, schema_name)}
         present: dict[str, str] = {}
-        width = max((len(name) for name in columns), default=0)
+        width = max((len(name) for name in [*columns, *(c.name for c in read.columns)]), default=0)
+        types = {name: _type_text(self.connection, type_) for name, type_ in columns.items()}
+        type_width = max((len(text) for text in [*types.values(), "(missing)"]), default=0)
         used = {self._match(column.name, columns): column for column in read.columns}
         for name, type_ in columns.items():
             role = used.get(name)
             note = self._column_note(read, role, type_) if role is not None else "not read"
-            lines.append(f"    {name:<{width}}  {_type_text(self.connection, type_):<14} {note}")
+            lines.append(f"    {name:<{width}}  {types[name]:<{type_width}}  {note}")
         for column in read.columns:
             actual = self._match(column.name, columns)
             if actual is None:
@@ -273,7 +281,9 @@ class _StoreCheck:
                         else ""
                     )
                 )
-                lines.append(f"    {column.name:<{width}}  {'(missing)':<14} {column.key}")
+                lines.append(
+                    f"    {column.name:<{width}}  {'(missing)':<{type_width}}  {column.key}"
+                )
                 report.add(
                     severity,
                     column.key,
