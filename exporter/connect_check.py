@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 import yaml
@@ -103,9 +102,12 @@ def _seq_scans(plan: dict[str, Any]) -> Iterator[str]:
 
 
 def steady_statements(
-    queries: StoreQueries, connection: Connection, db_now: float
+    queries: StoreQueries, connection: Connection, db_now: float, lookback: float
 ) -> list[tuple[str, Any]]:
-    """The statements a collection runs, by name, as a steady cycle would send them now."""
+    """The statements a collection runs, by name, as a steady cycle would send them now.
+
+    ``lookback``: how far back (seconds) the status-table layout reads new rows.
+    """
     hour_start, hour_end = previous_full_hour(db_now, UTC)
     last_hour = queries.synced_between(utc_datetime(hour_start), utc_datetime(hour_end))
     statements: list[tuple[str, Any]] = [
@@ -122,7 +124,7 @@ def steady_statements(
                 (f"{feed.name} row lookup", feed.row_moment(newest)),
             ]
         else:
-            since = utc_datetime(db_now - 600.0)
+            since = utc_datetime(db_now - lookback)
             statements.append((f"new {feed.name} rows", feed.rows_since(since)))
     return statements
 
@@ -152,16 +154,6 @@ def _server_time_zone(connection: Connection) -> str | None:
 
 def _is_utc(zone: str | None) -> bool:
     return zone is None or zone.upper() in {"UTC", "ETC/UTC", "GMT", "Z", "+00:00", "UCT", "ZULU"}
-
-
-def _zone_offset(zone: str | None, at: float) -> float | None:
-    if zone is None:
-        return None
-    try:
-        offset = datetime.fromtimestamp(at, UTC).astimezone(ZoneInfo(zone)).utcoffset()
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-    return None if offset is None else offset.total_seconds()
 
 
 class _StoreCheck:
@@ -207,7 +199,8 @@ class _StoreCheck:
             self.connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
         lines.append("  plans of the statements each collection runs:")
         queries = build_queries(self.report.store, self.dialect)
-        for name, statement in steady_statements(queries, self.connection, self.db_now):
+        lookback = 2 * self.report.store.settle_time  # as exporter.feeds.MomentFeed reads
+        for name, statement in steady_statements(queries, self.connection, self.db_now, lookback):
             scanned = sorted(set(self._table_scans(statement)))
             lines.append(
                 f"    {name}: " + (f"reads all of {', '.join(scanned)}" if scanned else "indexed")
@@ -262,10 +255,12 @@ class _StoreCheck:
         width = max((len(name) for name in [*columns, *(c.name for c in read.columns)]), default=0)
         types = {name: _type_text(self.connection, type_) for name, type_ in columns.items()}
         type_width = max((len(text) for text in [*types.values(), "(missing)"]), default=0)
-        used = {self._match(column.name, columns): column for column in read.columns}
+        used: dict[str | None, list[ColumnRead]] = {}
+        for column in read.columns:
+            used.setdefault(self._match(column.name, columns), []).append(column)
         for name, type_ in columns.items():
-            role = used.get(name)
-            note = self._column_note(read, role, type_) if role is not None else "not read"
+            roles = used.get(name)
+            note = self._column_note(read, roles, type_) if roles else "not read"
             lines.append(f"    {name:<{width}}  {types[name]:<{type_width}}  {note}")
         for column in read.columns:
             actual = self._match(column.name, columns)
@@ -313,9 +308,11 @@ class _StoreCheck:
             return next((c for c in pool if c.lower() == name.lower()), None)
         return None
 
-    def _column_note(self, read: TableRead, column: ColumnRead, type_: Any) -> str:
-        note = column.key + (" (dashboards only)" if column.used_by == "dashboards" else "")
-        if column.kind != "timestamp":
+    def _column_note(self, read: TableRead, roles: list[ColumnRead], type_: Any) -> str:
+        note = ", ".join(role.key for role in roles)
+        if all(role.used_by == "dashboards" for role in roles):
+            note += " (dashboards only)"
+        if not any(role.kind == "timestamp" for role in roles):
             return note
         kind = timestamp_kind(self.dialect, type_)
         if kind is None:

@@ -260,6 +260,8 @@ def test_status_values_left_to_their_defaults(
         )
     ]
     assert "status (crm_changes.state, mapping.status_values): 'done' 4 -> synced" in report
+    # One column in two roles: both named.
+    assert "  mapping.single_table.synced_at, mapping.single_table.failed_at: timestamp " in report
 
 
 def test_status_values_the_defaults_fit(store_url: str, tmp_path: Path) -> None:
