@@ -1,8 +1,10 @@
 """What a store's mapping reads: tables, columns, mapped values and the indexes its queries use.
 
-This is all the connect check (``exporter.connect_check``) and the run-time value watch
+This is all the connect check (``exporter.connect_check``) and the run-time status check
 (``exporter.store_values``) know of a mapping: a layout describes itself here, once, and
-both follow.
+both follow. A new layout returns its ``TableRead``s from ``store_reads``: each table's
+columns (with the configuration keys that name them), the columns whose values the
+configuration maps and what each value becomes, and the indexes its queries need.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def unconfirmed_defaults(store: StoreConfig) -> str | None:
     return (
         f"not set, and the defaults ({defaults}) are used only where the store holds no "
         "other status: set mapping.status_values to the status column's values, or run "
-        "--config.connect-check, which reads them from the store"
+        "--config.connect-check, which confirms the defaults when they are all the store holds"
     )
 
 

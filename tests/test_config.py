@@ -213,3 +213,19 @@ def test_an_unset_password_variable_is_reported(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "environment variable CRMSYNC_UNSET_VARIABLE is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://exporter:pw@db:5432/sync",
+        "mysql+pymysql://exporter@db:3306/sync",
+        "mariadb+pymysql://exporter@db:3306/sync",
+        "sqlite:///relative.db",
+        "sqlite:////var/lib/sync.db",
+        "sqlite+pysqlite:///x.db",
+        "sqlite://",
+    ],
+)
+def test_the_supported_urls_are_accepted(url: str) -> None:
+    assert parse_config(f"stores: [{{name: a, url: '{url}'}}]").stores[0].url == url

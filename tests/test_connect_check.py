@@ -235,7 +235,7 @@ def test_status_values_left_to_their_defaults(
         "  stores[0].mapping.status_values: not set, and the defaults (pending: ['pending'], "
         "synced: ['synced'], failed: ['failed']) are used only where the store holds no other "
         "status: set mapping.status_values to the status column's values, or run "
-        "--config.connect-check, which reads them from the store"
+        "--config.connect-check, which confirms the defaults when they are all the store holds"
     )
     code, report, _ = run_check(tmp_path, store)
     assert code == 1

@@ -432,7 +432,7 @@ EXACT_MESSAGES = [
         "stores[0].mapping.status_values: not set, and the defaults (pending: ['pending'], "
         "synced: ['synced'], failed: ['failed']) are used only where the store holds no other "
         "status: set mapping.status_values to the status column's values, or run "
-        "--config.connect-check, which reads them from the store",
+        "--config.connect-check, which confirms the defaults when they are all the store holds",
     ),
 ]
 
