@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 import yaml
@@ -15,7 +16,7 @@ from sqlalchemy import Connection, inspect, select
 
 from exporter.collection import make_engine, previous_full_hour
 from exporter.config import ConfigError, StoreConfig
-from exporter.dialects import now_epoch_seconds
+from exporter.dialects import dialect_for
 from exporter.feeds import PAGE_ROWS, utc_datetime
 from exporter.queries import StoreQueries, build_queries
 from exporter.runner import describe
@@ -108,15 +109,19 @@ def steady_statements(
 
     ``lookback``: how far back (seconds) the status-table layout reads new rows.
     """
-    hour_start, hour_end = previous_full_hour(db_now, UTC)
-    last_hour = queries.synced_between(utc_datetime(hour_start), utc_datetime(hour_end))
-    statements: list[tuple[str, Any]] = [
-        ("backlog", queries.backlog(db_now)),
-        ("rows stamped in the future", queries.future_rows(db_now)),
-        ("the last full hour", last_hour),
-    ]
-    for feed in (queries.history, queries.errors):
-        if queries.append_only:
+    statements: list[tuple[str, Any]] = [("backlog", queries.backlog(db_now))]
+    future = queries.future_rows(db_now)
+    if future is not None:
+        statements.append(("rows stamped in the future", future))
+    if queries.history is not None:
+        hour_start, hour_end = previous_full_hour(db_now, UTC)
+        last_hour = queries.synced_between(utc_datetime(hour_start), utc_datetime(hour_end))
+        statements.append(("the last full hour", last_hour))
+    failing = queries.failing()
+    if failing is not None:
+        statements.append(("failing changes", failing))
+    for feed in queries.feeds:
+        if feed.append_only:
             newest = int(connection.execute(feed.max_id()).scalar() or 0)
             statements += [
                 (f"newest {feed.name} id", feed.max_id()),
@@ -165,7 +170,7 @@ class _StoreCheck:
         self.dialect = connection.dialect.name
         self.inspector = inspect(connection)
         self.db_now = float(
-            connection.execute(select(now_epoch_seconds(self.dialect))).scalar_one()
+            connection.execute(select(dialect_for(self.dialect).now_epoch_seconds())).scalar_one()
         )
         self.server_zone = _server_time_zone(connection)
         self.unindexed: set[str] = set()
@@ -198,7 +203,7 @@ class _StoreCheck:
         if self.dialect == "postgresql":
             self.connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
         lines.append("  plans of the statements each collection runs:")
-        queries = build_queries(self.report.store, self.dialect)
+        queries = build_queries(self.report.store, dialect_for(self.dialect))
         lookback = 2 * self.report.store.settle_time  # as exporter.feeds.MomentFeed reads
         for name, statement in steady_statements(queries, self.connection, self.db_now, lookback):
             scanned = sorted(set(self._table_scans(statement)))
@@ -408,6 +413,10 @@ class _StoreCheck:
         if newest is None or kind is None:
             return
         naive = kind[1]
+        if naive:
+            # The value read as UTC is the wall-clock time of naive_time_zone: its instant.
+            wall = datetime.fromtimestamp(newest, UTC).replace(tzinfo=None)
+            newest = wall.replace(tzinfo=ZoneInfo(read.naive_time_zone)).timestamp()
         ahead = newest - self.db_now
         where = "ahead of" if ahead > 0 else "before"
         self.report.lines.append(
@@ -496,7 +505,9 @@ def _duration(seconds: float) -> str:
 
 def resolved_mapping(store: StoreConfig) -> str:
     """The store's configuration with every default filled in, as YAML, without secrets."""
-    document = store.model_dump(mode="json", exclude={"password_env", "password_file"})
+    document = store.model_dump(
+        mode="json", by_alias=True, exclude={"password_env", "password_file"}
+    )
     document["url"] = store.display_url()
     if store.mapping.single_table is None:
         del document["mapping"]["single_table"], document["mapping"]["status_values"]

@@ -116,30 +116,54 @@ class FoldWarning:
             )
 
 
+class FixedLabel:
+    """The one label value of a store without the column (``mapping.constants``)."""
+
+    folded = 0
+
+    def __init__(self, value: str) -> None:
+        self.values = (value,)
+
+    def __call__(self, _raw: object) -> str:
+        return self.values[0]
+
+
 class StoreLabels:
     """Every label decision for one store."""
 
     def __init__(self, config: StoreConfig) -> None:
         name = config.name
-        self.objects = CappedLabel(
+        constants = config.mapping.constants
+        self.objects: CappedLabel | FixedLabel = CappedLabel(
             config.max_objects,
             preset=config.objects,
             on_fold=FoldWarning(name, "object", "more distinct objects than max_objects"),
         )
-        self.operations = MappedLabel(
-            config.operations,
-            on_fold=FoldWarning(name, "operation", "operations maps no label to it"),
+        self.configured_objects = config.objects
+        if constants.object_type is not None:
+            self.objects = FixedLabel(constants.object_type)
+            self.configured_objects = (constants.object_type,)
+        self.operations: MappedLabel | FixedLabel = (
+            MappedLabel(
+                config.operations,
+                on_fold=FoldWarning(name, "operation", "operations maps no label to it"),
+            )
+            if constants.operation is None
+            else FixedLabel(constants.operation)
         )
-        self.directions = MappedLabel(
-            config.directions,
-            on_fold=FoldWarning(name, "direction", "directions maps no label to it"),
+        self.directions: MappedLabel | FixedLabel = (
+            MappedLabel(
+                config.directions,
+                on_fold=FoldWarning(name, "direction", "directions maps no label to it"),
+            )
+            if constants.direction is None
+            else FixedLabel(constants.direction)
         )
         self.error_codes = CappedLabel(
             config.max_error_codes,
             lower=False,
             on_fold=FoldWarning(name, "error_code", "more distinct codes than max_error_codes"),
         )
-        self.configured_objects = config.objects
 
     def series(self, raw_object: object, raw_operation: object, raw_direction: object) -> Series:
         return (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from exporter.config import StoreConfig
 
@@ -94,52 +94,30 @@ def _label_meaning(mapping: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     return {raw.lower(): label for label, raws in mapping.items() for raw in raws}
 
 
-def _label_values(store: StoreConfig, columns: Mapping[str, str]) -> list[MappedValues]:
-    """Objects, operations and directions as the label rules (exporter.labels) treat them."""
-    return [
-        MappedValues(
-            key="objects",
-            column=columns["object_type"],
-            role="object",
-            meaning={obj: obj for obj in store.objects},
-            unmapped="itself",
-            given="objects" in store.model_fields_set,
-        ),
-        MappedValues(
-            key="operations",
-            column=columns["operation"],
-            role="operation",
-            meaning=_label_meaning(store.operations),
-            unmapped="other",
-            given="operations" in store.model_fields_set,
-        ),
-        MappedValues(
-            key="directions",
-            column=columns["direction"],
-            role="direction",
-            meaning=_label_meaning(store.directions),
-            unmapped="other",
-            given="directions" in store.model_fields_set,
-        ),
-    ]
+def _label_values(store: StoreConfig, columns: Mapping[str, str | None]) -> list[MappedValues]:
+    """Objects, operations and directions as the label rules (exporter.labels) treat them.
 
-
-def _columns(
-    prefix: str,
-    names: Mapping[str, str | None],
-    kinds: Mapping[str, ColumnKind],
-    dashboards: frozenset[str],
-) -> tuple[ColumnRead, ...]:
-    return tuple(
-        ColumnRead(
-            key=f"{prefix}.{field}",
-            name=name,
-            kind=kinds.get(field, "value"),
-            used_by="dashboards" if field in dashboards else "exporter",
-        )
-        for field, name in names.items()
-        if name is not None
-    )
+    A label given by ``mapping.constants`` has no column: nothing to read.
+    """
+    values = []
+    for field, key, role, meaning, unmapped in (
+        ("object_type", "objects", "object", {o: o for o in store.objects}, "itself"),
+        ("operation", "operations", "operation", _label_meaning(store.operations), "other"),
+        ("direction", "directions", "direction", _label_meaning(store.directions), "other"),
+    ):
+        name = columns.get(field)
+        if name is not None:
+            values.append(
+                MappedValues(
+                    key=key,
+                    column=name,
+                    role=role,
+                    meaning=meaning,
+                    unmapped=unmapped,  # type: ignore[arg-type]
+                    given=key in store.model_fields_set,
+                )
+            )
+    return values
 
 
 _KINDS: dict[str, ColumnKind] = {
@@ -150,18 +128,62 @@ _KINDS: dict[str, ColumnKind] = {
     "record_id": "text",
     "record_name": "text",
     "error_message": "text",
+    "last_error": "text",
 }
-_DASHBOARDS_ONLY = frozenset({"record_id", "record_name", "error_message"})
+# Keys of a table's configuration that name no column of it.
+_NOT_COLUMNS = frozenset({"table", "archive_table", "filter", "error_code_pattern"})
+
+
+def _column_names(table_config: Any, store: StoreConfig) -> dict[str, str | None]:
+    """Configuration key -> column name (None: not read) of one table's configuration."""
+    names: dict[str, str | None] = {
+        key: getattr(table_config, key)
+        for key in type(table_config).model_fields
+        if key not in _NOT_COLUMNS
+    }
+    constants = store.mapping.constants
+    for field in ("object_type", "operation", "direction"):
+        if field in names and getattr(constants, field) is not None:
+            names[field] = None  # a constant label: the store has no such column
+    return names
+
+
+def _columns(prefix: str, table_config: Any, store: StoreConfig) -> tuple[ColumnRead, ...]:
+    names = _column_names(table_config, store)
+    # The message is the exporter's where the code is read from it.
+    dashboards = {"record_id", "record_name"}
+    if names.get("error_code", "") is not None:
+        dashboards.add("error_message")
+    if store.mapping.failing_from_errors:
+        dashboards.discard("record_id")  # matches error rows to waiting changes
+    reads = [
+        ColumnRead(
+            key=f"{prefix}.{field}",
+            name=name,
+            kind=_KINDS.get(field, "value"),
+            used_by="dashboards" if field in dashboards else "exporter",
+        )
+        for field, name in names.items()
+        if name is not None
+    ]
+    row_filter = getattr(table_config, "filter", None)
+    if row_filter is not None:
+        reads.append(ColumnRead(f"{prefix}.filter.column", row_filter.column, "value"))
+    return tuple(reads)
+
+
+def _qualified(name: str, store: StoreConfig) -> str:
+    """A table name as the queries read it: in ``schema`` unless it names its own."""
+    return name if "." in name or store.schema_ is None else f"{store.schema_}.{name}"
 
 
 def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
     """Every table ``store``'s layout reads, with its columns, values and index needs."""
     mapping = store.mapping
     single = mapping.single_table
+    zone = store.naive_time_zone
     if single is not None:
         prefix = "mapping.single_table"
-        names = single.model_dump()
-        del names["table"]
         statuses = mapping.status_values
         status = MappedValues(
             key="mapping.status_values",
@@ -177,10 +199,10 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
             TableRead(
                 role="single_table",
                 key=f"{prefix}.table",
-                name=single.table,
+                name=_qualified(single.table, store),
                 newest_first=single.id,
-                columns=_columns(prefix, names, {**_KINDS, "status": "value"}, _DASHBOARDS_ONLY),
-                values=(status, *_label_values(store, names)),
+                columns=_columns(prefix, single, store),
+                values=(status, *_label_values(store, _column_names(single, store))),
                 indexes=(
                     IndexNeed(
                         "status", (single.status,), (), "the backlog (pending rows by status)"
@@ -190,65 +212,91 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
                     ),
                     IndexNeed("failed_at", (single.failed_at,), (), "new failures"),
                 ),
+                naive_time_zone=zone,
             ),
         )
 
-    queue, history, errors = mapping.queue, mapping.history, mapping.errors
-    queue_names = queue.model_dump()
-    del queue_names["table"]
-    history_names = history.model_dump()
-    del history_names["table"]
-    error_names = errors.model_dump()
-    del error_names["table"]
-    return (
+    queue = mapping.queue
+    queue_names = _column_names(queue, store)
+    grouped = tuple(
+        name for name in (queue_names[f] for f in ("object_type", "operation", "direction")) if name
+    )
+    reads = [
         TableRead(
             role="queue",
             key="mapping.queue.table",
-            name=queue.table,
+            name=_qualified(queue.table, store),
             newest_first=queue.enqueued_at,
-            columns=_columns("mapping.queue", queue_names, _KINDS, _DASHBOARDS_ONLY),
+            columns=_columns("mapping.queue", queue, store),
             values=tuple(_label_values(store, queue_names)),
             indexes=(
                 IndexNeed(
                     "backlog",
-                    (queue.object_type, queue.operation, queue.direction),
+                    grouped,
                     (queue.enqueued_at,),
                     "the backlog (count and oldest enqueued_at per object, operation, direction)",
                 ),
             ),
-        ),
-        TableRead(
-            role="history",
-            key="mapping.history.table",
-            name=history.table,
-            newest_first=history.id,
-            columns=_columns("mapping.history", history_names, _KINDS, _DASHBOARDS_ONLY),
-            values=tuple(_label_values(store, history_names)),
-            indexes=(
-                IndexNeed("id", (history.id,), (), "new rows by id"),
-                IndexNeed(
-                    "synced_at",
-                    (history.synced_at,),
-                    (),
-                    "the last full hour and rows stamped in the future",
-                ),
+            naive_time_zone=zone,
+        )
+    ]
+    history, errors = mapping.history, mapping.errors
+    if history is not None:
+        for key, name in (("table", history.table), ("archive_table", history.archive_table)):
+            if name is None:
+                continue
+            reads.append(
+                TableRead(
+                    role="history",
+                    key=f"mapping.history.{key}",
+                    name=_qualified(name, store),
+                    newest_first=history.id,
+                    columns=_columns("mapping.history", history, store),
+                    values=tuple(_label_values(store, _column_names(history, store))),
+                    indexes=(
+                        IndexNeed("id", (history.id,), (), "new rows by id"),
+                        IndexNeed(
+                            "synced_at",
+                            (history.synced_at,),
+                            (),
+                            "the last full hour and rows stamped in the future",
+                        ),
+                    ),
+                    naive_time_zone=zone,
+                )
+            )
+    if errors is not None:
+        needs = [
+            IndexNeed("id", (errors.id,), (), "new rows by id"),
+            IndexNeed(
+                "failed_at",
+                (errors.failed_at,),
+                (),
+                "rows stamped in the future, and the errors dashboard's pages",
             ),
-        ),
-        TableRead(
-            role="errors",
-            key="mapping.errors.table",
-            name=errors.table,
-            newest_first=errors.id,
-            columns=_columns("mapping.errors", error_names, _KINDS, _DASHBOARDS_ONLY),
-            values=tuple(_label_values(store, error_names)),
-            indexes=(
-                IndexNeed("id", (errors.id,), (), "new rows by id"),
+        ]
+        if mapping.failing_from_errors:
+            needs.append(
                 IndexNeed(
-                    "failed_at",
+                    "failing",
+                    (errors.record_id,),
                     (errors.failed_at,),
-                    (),
-                    "rows stamped in the future, and the errors dashboard's pages",
-                ),
-            ),
-        ),
-    )
+                    "the failing changes (error rows newer than their queue row)",
+                )
+            )
+        for key, name in (("table", errors.table), ("archive_table", errors.archive_table)):
+            if name is None:
+                continue
+            reads.append(
+                TableRead(
+                    role="errors",
+                    key=f"mapping.errors.{key}",
+                    name=_qualified(name, store),
+                    newest_first=errors.id,
+                    columns=_columns("mapping.errors", errors, store),
+                    values=tuple(_label_values(store, _column_names(errors, store))),
+                    indexes=tuple(needs),
+                    naive_time_zone=zone,
+                )
+            )
+    return tuple(reads)

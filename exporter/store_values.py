@@ -12,7 +12,7 @@ from sqlalchemy import Connection, column, func, select, table
 from sqlalchemy.sql.expression import TableClause
 
 from exporter.config import StatusValues, StoreConfig
-from exporter.dialects import epoch_seconds
+from exporter.dialects import dialect_for
 from exporter.labels import label_text
 from exporter.store_reads import MappedValues, TableRead, store_reads
 
@@ -62,7 +62,7 @@ def read_window(
     rows: int = WINDOW_ROWS,
 ) -> Window:
     """The distinct values and latest timestamps among ``read``'s newest ``rows`` rows."""
-    dialect = connection.dialect.name
+    dialect = dialect_for(connection.dialect.name)
     wanted = sorted({*value_columns, *timestamp_columns, read.newest_first})
     window = (
         select(*(column(name) for name in wanted))
@@ -74,7 +74,7 @@ def read_window(
     stats = select(
         func.count().label("rows"),
         *(
-            func.max(epoch_seconds(dialect, window.c[name])).label(f"t{index}")
+            func.max(dialect.epoch_seconds(window.c[name])).label(f"t{index}")
             for index, name in enumerate(timestamp_columns)
         ),
     ).select_from(window)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import random
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from crmsync_testing.helpers import add_errors, add_history, add_pending, utcnow
 from exporter import cli
 from exporter.schema import create_reference_schema, sync_queue
 from tests.integration.test_mapped_store import MAPPED, crm_changes
+from tests.integration.test_store_layouts import TriggerLog, trigger_log_table
 
 
 @contextlib.contextmanager
@@ -203,6 +205,10 @@ def test_a_local_time_column_declared_utc(store_url: str, tmp_path: Path) -> Non
         r"future\)",
         error,
     ), error
+    # Declared as what it is: no error, the newest row just now.
+    code, report, _ = run_check(tmp_path, {"url": store_url, "naive_time_zone": "Europe/Berlin"})
+    assert code == 0, report
+    assert "read as Europe/Berlin" in report
 
 
 @pytest.fixture
@@ -287,3 +293,43 @@ def test_a_store_that_cannot_be_reached(tmp_path: Path) -> None:
     assert code == 1
     (line,) = findings(report)
     assert line.startswith("error: stores[0].url: the check stopped: OperationalError: ")
+
+
+def test_the_heroku_connect_preset(postgres_url: str, tmp_path: Path) -> None:
+    """The trigger log and its archive, read through the preset: every table the preset reads."""
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE SCHEMA hc_check"))
+    try:
+        metadata = sa.MetaData(schema="hc_check")
+        log = trigger_log_table(metadata, "_trigger_log", aware=True)
+        archive = trigger_log_table(metadata, "_trigger_log_archive", aware=True)
+        metadata.create_all(engine)
+        writer = TriggerLog(engine, log, archive, random.Random(7))
+        writer.capture(30, utcnow() - timedelta(minutes=3))
+        writer.process(0.5, utcnow())
+        writer.archive_processed(0.5)
+        store = {"url": postgres_url, "preset": "heroku-connect", "schema": "hc_check"}
+        code, report, _ = run_check(tmp_path, store)
+        assert code == 0, report
+        for key, table in (
+            ("queue.table", "_trigger_log"),
+            ("history.table", "_trigger_log"),
+            ("history.archive_table", "_trigger_log_archive"),
+            ("errors.table", "_trigger_log"),
+            ("errors.archive_table", "_trigger_log_archive"),
+        ):
+            assert f"\n  table hc_check.{table} (mapping.{key})\n" in report
+        assert "mapping.errors.error_message" in report  # the code is read from the message
+        assert findings(report) == [
+            "warning: stores[0].mapping.queue.table: no index on hc_check._trigger_log starting "
+            "with (table_name, action, created_at) for the backlog (count and oldest enqueued_at "
+            "per object, operation, direction): each read scans the table; CREATE INDEX "
+            "ix__trigger_log_backlog ON hc_check._trigger_log (table_name, action, created_at)"
+        ]
+        assert "    backlog: reads all of _trigger_log\n" in report
+        assert "    new history rows: indexed\n" in report
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text("DROP SCHEMA hc_check CASCADE"))
+        engine.dispose()

@@ -62,6 +62,7 @@ def test_the_errors_browser_without_record_names(
     with engine.begin() as connection:
         connection.execute(failures.insert(), rows)
     store = store_config(url, mapping={"errors": {"table": "failures", "record_name": None}})
+    assert store.mapping.errors is not None
     assert store.mapping.errors.record_name is None
     dialect: SqlDialect = "postgresql" if server == "postgres_url" else "mysql"
     sql = StoreSql(store, dialect).failed_records(page_size=50)
