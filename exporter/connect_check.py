@@ -438,7 +438,8 @@ class _StoreCheck:
         if naive:
             hint = (
                 f"naive local time about {guess} read as {read.naive_time_zone}? (the "
-                "exporter would see ages too small and rows in the future)"
+                "exporter would see ages too small and rows in the future); set "
+                "naive_time_zone to the zone the writer's clock shows"
             )
         else:
             hint = "a writer's clock runs ahead"

@@ -202,7 +202,7 @@ def test_a_local_time_column_declared_utc(store_url: str, tmp_path: Path) -> Non
         r"error: stores\[0\]\.mapping\.queue\.enqueued_at: the newest sync_queue\.enqueued_at lies "
         r"(\d+h)?\d+m\d\ds ahead of the database clock: naive local time about "
         rf"UTC\+0{hours}:00 read as UTC\? \(the exporter would see ages too small and rows in the "
-        r"future\)",
+        r"future\); set naive_time_zone to the zone the writer's clock shows",
         error,
     ), error
     # Declared as what it is: no error, the newest row just now.
