@@ -21,6 +21,7 @@ from exporter.feeds import FeedSink, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.queries import FeedRow, StoreQueries, build_queries
+from exporter.store_values import StatusWatch
 from exporter.tally import Counter, Debuts, Histogram, HistogramValue
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ class StoreCollector:
         self._error_debuts: Debuts[ErrorSeries] = Debuts(config.new_counter_hold)
         self._late_logged: dict[str, tuple[float, int]] = {}
         self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
+        self._status_watch = StatusWatch(config, clock)
         self._failing_seen: set[ErrorSeries] = set()
         self.query_seconds: dict[str, float] = {}
         # Long enough for any statement the server lets run (query_timeout) and its result.
@@ -337,6 +339,8 @@ class StoreCollector:
         ):
             with steps.run("reading the database clock", timed="backlog"):
                 db_now = float(connection.execute(queries.now()).scalar_one())
+            with steps.run("reading the recent status values"):
+                self._status_watch.check(connection)
             with steps.run(
                 f"reading the backlog from {queries.queue_source.fullname}", timed="backlog"
             ):
