@@ -37,8 +37,8 @@ def test_the_settings_are_read_with_durations() -> None:
 @pytest.mark.parametrize(
     ("section", "expected"),
     [
-        ({"collection": {"workers": 0}}, "collection.workers: Input should be greater than"),
-        ({"connections": {"per_server": "many"}}, "connections.per_server: Input should be"),
+        ({"collection": {"workers": 0}}, "collection.workers: must be greater than or equal to 1"),
+        ({"connections": {"per_server": "many"}}, "connections.per_server: a whole number"),
         ({"connections": {"keep_open_below": "often"}}, "connections.keep_open_below: 'often'"),
         ({"connections": {"per_host": 3}}, "connections.per_host: unknown key"),
     ],
