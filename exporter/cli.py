@@ -23,14 +23,14 @@ from prometheus_client import (
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from exporter import __version__, allocator
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.config import Config, ConfigError, load_config
 from exporter.dialects import UnsupportedDatabaseError
 from exporter.http import ExporterHTTPServer
 from exporter.logs import setup_logging
-from exporter.metrics import SyncStoreCollector
 from exporter.runner import StoreRunner
 from exporter.sharding import Shard, ShardInfo
+from exporter.snapshot import LatestSnapshot
 from exporter.web_config import WebConfig, load_web_config
 
 DEFAULT_PORT = 9312
@@ -139,7 +139,7 @@ def build_runners(config: Config, shard: Shard) -> list[StoreRunner]:
         if not shard.keeps(store):
             continue
         try:
-            runners.append(StoreRunner(StoreCollector(store)))
+            runners.append(StoreRunner(StoreReader(store)))
         except (NoSuchModuleError, UnsupportedDatabaseError, ArgumentError) as error:
             raise UsageError(f"stores[{index}].url: {error}") from None
         except ModuleNotFoundError as error:
@@ -153,7 +153,7 @@ def make_server(
     address: str,
     telemetry_path: str,
     web_config: WebConfig,
-    registry: CollectorRegistry,
+    metrics: LatestSnapshot,
     ready: Callable[[], bool],
 ) -> ExporterHTTPServer:
     host, port = parse_listen_address(address)
@@ -165,7 +165,7 @@ def make_server(
 
         server_class = _IPv6Server
     try:
-        return server_class((host, port), registry, telemetry_path, web_config, ready)
+        return server_class((host, port), metrics, telemetry_path, web_config, ready)
     except OSError as error:
         raise UsageError(f"--web.listen-address {address!r}: {error.strerror}") from None
 
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config_check:
         # Building the engines (without connecting) also checks drivers and password sources.
         for runner in build_runners(config, shard):
-            runner.collector.close()
+            runner.reader.close()
         names = ", ".join(store.name for store in config.stores)
         print(f"{args.config_file}: valid, {len(config.stores)} store(s): {names}")
         if shard.count > 1:
@@ -187,12 +187,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     runners = build_runners(config, shard)
-    registry = CollectorRegistry(auto_describe=False)
-    store_metrics = SyncStoreCollector(lambda: [runner.state for runner in runners])
-    registry.register(store_metrics)
-    registry.register(ShardInfo(shard))
+    # The stores' metrics are encoded once per collection; the rest is collected per scrape.
+    extras = CollectorRegistry(auto_describe=False)
+    extras.register(ShardInfo(shard))
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(collector)
+        extras.register(collector)
+    metrics = LatestSnapshot(lambda: [runner.state for runner in runners], extras)
 
     # Stores whose first collection (or failure) /metrics already shows. Ready once that is
     # every store: from then on /metrics tells the truth about each (crmsync_up says which
@@ -203,11 +203,11 @@ def run(args: argparse.Namespace) -> int:
         return len(published) == len(runners)
 
     def publish(store: str) -> None:
-        # Write each collection's metrics once, before any scrape asks for them.
-        server.exposition.refresh(store_metrics)
+        # Encode each collection's metrics once, before any scrape asks for them.
+        metrics.publish()
         published.add(store)
 
-    server = make_server(args.listen_address, args.telemetry_path, web_config, registry, ready)
+    server = make_server(args.listen_address, args.telemetry_path, web_config, metrics, ready)
 
     # A scrape is short and waits on sockets; a collection cycle computes for tens of
     # milliseconds. Handing the interpreter over every millisecond rather than every five
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         extra={"shard_index": shard.index, "shard_count": shard.count},
     )
     for runner in runners:
-        store = runner.collector.config
+        store = runner.reader.config
         runner.after_cycle = functools.partial(publish, store.name)
         log.info(
             "collecting",

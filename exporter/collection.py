@@ -19,7 +19,7 @@ from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.queries import StoreQueries, build_queries
-from exporter.tally import Counter, Debuts, Histogram, HistogramValue
+from exporter.tally import CountsBySeries, Debuts, HistogramValue, LatencyTally
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class Totals:
 class _HistorySink:
     def __init__(self, labels: StoreLabels) -> None:
         self._labels = labels
-        self.synced: Counter[Series] = Counter()
-        self.latency: Histogram[Series] = Histogram()
+        self.synced: CountsBySeries[Series] = CountsBySeries()
+        self.latency: LatencyTally[Series] = LatencyTally()
 
     def add_row(self, row: AnyRow) -> None:
         series = self._labels.series(row[1], row[2], row[3])
@@ -83,7 +83,7 @@ class _HistorySink:
 class _ErrorSink:
     def __init__(self, labels: StoreLabels) -> None:
         self._labels = labels
-        self.errors: Counter[ErrorSeries] = Counter()
+        self.errors: CountsBySeries[ErrorSeries] = CountsBySeries()
 
     def add_row(self, row: AnyRow) -> None:
         series = self._labels.series(row[1], row[2], row[3])
@@ -213,8 +213,24 @@ class LastHourCache:
         return counts
 
 
-class StoreCollector:
-    """Owns one store's connection and running totals; ``collect`` runs one cycle."""
+@dataclass(frozen=True)
+class Reading:
+    """What one collection cycle read, whole: nothing else of the reader is shared."""
+
+    gauges: Gauges | None
+    """None when the cycle failed."""
+    error: Exception | None
+    """Why the cycle failed: a CollectionError naming the step, or what else went wrong."""
+    totals: Totals
+    """The counters after the cycle (a failed cycle changes none)."""
+    step_seconds: dict[str, float]
+    """Time spent in each step of the cycle; empty when it failed."""
+    folded: dict[str, int]
+    """Distinct store values folded into ``other`` so far, per label."""
+
+
+class StoreReader:
+    """Owns one store's connection and running totals; ``read`` runs one cycle."""
 
     def __init__(
         self,
@@ -235,7 +251,6 @@ class StoreCollector:
         self._error_debuts: Debuts[ErrorSeries] = Debuts(config.new_counter_hold)
         self._late_logged: dict[str, tuple[float, int]] = {}
         self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
-        self.query_seconds: dict[str, float] = {}
         # Long enough for any statement the server lets run (query_timeout) and its result.
         self._watchdog = Watchdog(
             2 * config.query_timeout + 2.0, self._interrupt, f"watchdog-{config.name}"
@@ -279,12 +294,20 @@ class StoreCollector:
         for dbapi_connection in list(self._connections):
             interrupt_connection(dbapi_connection)
 
-    def collect(self) -> Gauges:
-        """Run every query once; raise CollectionError naming the step that failed."""
+    def read(self) -> Reading:
+        """Run every query once; a failed cycle's reading says why."""
+        try:
+            gauges, step_seconds = self._cycle()
+        except Exception as error:
+            return Reading(None, error, self._totals(), {}, self.labels.folded_counts())
+        return Reading(gauges, None, self._totals(), step_seconds, self.labels.folded_counts())
+
+    def _cycle(self) -> tuple[Gauges, dict[str, float]]:
+        """Raises CollectionError naming the step that failed."""
         self._watchdog.arm()
         self._cycles += 1
         try:
-            gauges = self._collect()
+            gauges, step_seconds = self._collect()
         except CollectionError as error:
             if not self._read_once:
                 # Counters start with the first successful read, whatever a failed one saw.
@@ -296,9 +319,9 @@ class StoreCollector:
             self._watchdog.disarm()
         self._read_once = True
         self._log_late_rows()
-        return gauges
+        return gauges, step_seconds
 
-    def _collect(self) -> Gauges:
+    def _collect(self) -> tuple[Gauges, dict[str, float]]:
         timings: dict[str, float] = {}
         step = f"connecting to {self.config.display_url()}"
         try:
@@ -333,17 +356,17 @@ class StoreCollector:
                 timings["last_hour"] = time.perf_counter() - started
         except Exception as error:
             raise CollectionError(step) from error
-        self.query_seconds = timings
         zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
-        return Gauges(
+        gauges = Gauges(
             db_now=db_now,
             backlog=backlog,
             synced_last_hour={**zero_hour, **last_hour},
             future_rows=future_rows,
             last_hour_start=self._last_hour.hour_start,
         )
+        return gauges, timings
 
-    def totals(self) -> Totals:
+    def _totals(self) -> Totals:
         """A copy of the counters, safe to hand to another thread.
 
         A series seen for the first time reads 0 for a while (see ``Debuts``).

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from exporter.collection import CollectionError, Gauges, StoreCollector, Totals
+from exporter.collection import CollectionError, Gauges, Reading, StoreReader, Totals
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ class StoreState:
     last_success: float | None = None
     """Unix time of the last successful collection."""
     last_duration: float | None = None
-    query_seconds: dict[str, float] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """Time spent in each step of the last successful collection."""
     folded: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
 
@@ -44,20 +45,20 @@ class StoreRunner:
 
     def __init__(
         self,
-        collector: StoreCollector,
+        reader: StoreReader,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.collector = collector
-        self.name = collector.config.name
-        self._interval = collector.config.interval
+        self.reader = reader
+        self.name = reader.config.name
+        self._interval = reader.config.interval
         # A cycle may take up to a query timeout past its interval before its gauges go stale.
-        self._freshness = 2 * collector.config.interval + collector.config.query_timeout
+        self._freshness = 2 * reader.config.interval + reader.config.query_timeout
         self._clock = clock
         self._state = StoreState(store=self.name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"collect-{self.name}", daemon=True)
         self.after_cycle: Callable[[], None] | None = None
-        """Called in this thread after each cycle (the HTTP layer writes the new metrics)."""
+        """Called in this thread after each cycle (the new metrics are encoded for scrapes)."""
 
     @property
     def state(self) -> StoreState:
@@ -69,21 +70,20 @@ class StoreRunner:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
-        self.collector.close()
+        self.reader.close()
 
     def run_once(self) -> StoreState:
-        """One cycle: query, then publish the new state (or the failure)."""
+        """One cycle: read the store, then publish what it read (or the failure)."""
         started = self._clock()
-        state = self._state
-        try:
-            gauges = self.collector.collect()
-        except Exception as error:
-            message = describe(error)
+        reading = self.reader.read()
+        self._state = self._next_state(self._state, reading, started)
+        return self._state
+
+    def _next_state(self, state: StoreState, reading: Reading, started: float) -> StoreState:
+        if reading.error is not None:
+            message = describe(reading.error)
             if message != state.last_error:
-                log.warning(
-                    "collection failed",
-                    extra={"store": self.name, "error": message},
-                )
+                log.warning("collection failed", extra={"store": self.name, "error": message})
             else:
                 log.debug("collection failed", extra={"store": self.name, "error": message})
             state = replace(
@@ -98,21 +98,20 @@ class StoreRunner:
                 log.info("collection recovered", extra={"store": self.name})
             state = replace(
                 state,
-                gauges=gauges,
+                gauges=reading.gauges,
                 gauges_taken=finished,
                 fresh_until=finished + self._freshness,
                 last_success=time.time(),
                 last_duration=finished - started,
-                query_seconds=self.collector.query_seconds,
+                step_seconds=reading.step_seconds,
                 last_error=None,
             )
-        self._state = replace(
+        return replace(
             state,
             collections=state.collections + 1,
-            totals=self.collector.totals(),
-            folded=self.collector.labels.folded_counts(),
+            totals=reading.totals,
+            folded=reading.folded,
         )
-        return self._state
 
     def _loop(self) -> None:
         while not self._stop.is_set():

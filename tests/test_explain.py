@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Select
 
 from benchmarks.cycles import StatementRecorder
 from benchmarks.stores import PostgresStore, Size, exporter_settings
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.feeds import PAGE_ROWS
 from exporter.queries import ChangeFeedQueries, StoreQueries
 from tests.conftest import POSTGRES_ADMIN, _server_engine
@@ -86,15 +86,16 @@ def test_every_query_builder_is_classified() -> None:
 
 
 def test_no_statement_scans_the_history_table(store: PostgresStore) -> None:
-    collector = StoreCollector(store_config(store.url, **exporter_settings()))
-    recorder = StatementRecorder(collector.engine)
+    reader = StoreReader(store_config(store.url, **exporter_settings()))
+    recorder = StatementRecorder(reader.engine)
     try:
-        collector.collect()  # the first collection: the newest ids, never the whole history
+        # The first collection: the newest ids, never the whole history.
+        assert reader.read().error is None
         store.trickle(history=60, errors=3, pending=60)
-        collector.collect()
+        assert reader.read().error is None
         statements = [(s.sql, s.parameters) for s in recorder.take()]
-        queries = collector.queries
-        with collector.engine.connect() as connection:
+        queries = reader.queries
+        with reader.engine.connect() as connection:
             newest = int(connection.execute(queries.history.max_id()).scalar_one())
             newest_error = int(connection.execute(queries.errors.max_id()).scalar_one())
             hour_end = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
@@ -113,4 +114,4 @@ def test_no_statement_scans_the_history_table(store: PostgresStore) -> None:
                 plan = explain(connection, sql, parameters)
                 assert HISTORY not in set(seq_scans(plan)), f"{sql}\n{plan}"
     finally:
-        collector.close()
+        reader.close()

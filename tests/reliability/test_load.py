@@ -16,8 +16,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from exporter.exposition import PROMETHEUS_ACCEPT
 from exporter.schema import create_reference_schema
+from exporter.snapshot import PROMETHEUS_ACCEPT
 from tests.helpers import add_errors, add_history, add_pending, samples
 from tests.reliability.conftest import PgStore
 from tests.reliability.support import Exporter, metric, up, write_config
