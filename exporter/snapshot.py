@@ -152,6 +152,8 @@ class LatestSnapshot:
         self._asking = threading.Lock()
         self._asked: dict[str, tuple[Format, float]] = {}
         """Formats scraped lately, by content type, and when last."""
+        self._ages: dict[str, tuple[Snapshot, int, bytes]] = {}
+        """The ages last encoded per format, and the second they are of."""
         self._snapshot = Snapshot.build(tuple(states()), clock(), ())
 
     @property
@@ -163,7 +165,7 @@ class LatestSnapshot:
         get the previous snapshot."""
         try:
             with self._building:
-                self._snapshot = self._build()
+                self._replace()
         except Exception:
             log.exception("encoding the metrics failed")
         # The previous snapshot is garbage now: give its pages back.
@@ -175,7 +177,7 @@ class LatestSnapshot:
         now = self._clock()
         snapshot = self._current(now)
         self._note(form, now)
-        tail = form.encode([age_family(snapshot.states, now), *self._extras.collect()])
+        tail = self._encoded_ages(snapshot, form, now) + form.encode(self._extras.collect())
         compressed = gzip_accepted(accept_encoding)
         encoded = snapshot.encoded.get(form.content_type)
         if encoded is not None:
@@ -193,8 +195,24 @@ class LatestSnapshot:
         # first scrape after builds the snapshot that shows it down.
         with self._building:
             if now > self._snapshot.stale_at:
-                self._snapshot = self._build()
+                self._replace()
             return self._snapshot
+
+    def _encoded_ages(self, snapshot: Snapshot, form: Format, now: float) -> bytes:
+        """The ages at ``now``; scrapes within the same second share them, so that a hundred
+        scrapers cost little more than one."""
+        second = math.floor(now)
+        kept = self._ages.get(form.content_type)
+        if kept is not None and kept[0] is snapshot and kept[1] == second:
+            return kept[2]
+        text = form.encode([age_family(snapshot.states, now)], last=False)
+        if form.content_type in snapshot.encoded:  # one of a bounded number of formats
+            self._ages[form.content_type] = (snapshot, second, text)
+        return text
+
+    def _replace(self) -> None:
+        self._snapshot = self._build()
+        self._ages.clear()  # nothing keeps the previous snapshot alive
 
     def _build(self) -> Snapshot:
         now = self._clock()
