@@ -1,9 +1,9 @@
 """/metrics bodies: each collection's families encoded once into an immutable snapshot.
 
 prometheus_client's encoders write every body; what moves between collections (the oldest
-pending ages, the process's own metrics) is encoded per scrape and appended. The snapshot is
-encoded, and compressed, in the formats scraped lately; a format asked for the first time is
-encoded on the spot, and ahead from the next collection on.
+pending ages, the process's own metrics) is encoded per scrape and appended. A snapshot is
+encoded, and compressed, in each format scraped lately: the first scrape in a new format
+encodes the latest snapshot in it too, the next collections encode it ahead.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
@@ -34,7 +34,7 @@ PROMETHEUS_ACCEPT = (
 FORMAT_MEMORY = 600.0
 """A format not scraped for this long is no longer encoded ahead (longer than any scrape
 interval, so that a slow scraper is still served from the snapshot)."""
-MAX_FORMATS = 8
+MAX_FORMATS = 4
 """At most this many formats are encoded ahead; more (odd Accept headers) are encoded per scrape."""
 _GZIP_LEVEL = 1
 # A gzip member: this header, deflate blocks, then the CRC-32 and size of the whole text. A
@@ -118,10 +118,15 @@ class Snapshot:
     def build(cls, states: Sequence[StoreState], now: float, formats: Iterable[Format]) -> Snapshot:
         families = tuple(collection_families(states, now))
         stale_at = min((state.fresh_until for state in states if state.up(now)), default=math.inf)
-        encoded = {
-            form.content_type: Encoded.of(form.encode(families, last=False)) for form in formats
-        }
-        return cls(tuple(states), families, stale_at, encoded)
+        snapshot = cls(tuple(states), families, stale_at, {})
+        return snapshot.adding(formats)
+
+    def adding(self, formats: Iterable[Format]) -> Snapshot:
+        """The same snapshot, encoded in ``formats`` too."""
+        encoded = dict(self.encoded)
+        for form in formats:
+            encoded[form.content_type] = Encoded.of(form.encode(self.families, last=False))
+        return replace(self, encoded=encoded)
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,11 @@ class Page:
 
 
 class LatestSnapshot:
-    """The snapshot scrapes read, replaced whole after each collection; scrapes never wait."""
+    """The snapshot scrapes read, replaced whole after each collection.
+
+    Scrapes never wait for a collection's encoding; only the first scrape in a new format, or
+    the first after a store's gauges went stale, waits for the snapshot it makes.
+    """
 
     def __init__(
         self,
@@ -165,7 +174,7 @@ class LatestSnapshot:
         get the previous snapshot."""
         try:
             with self._building:
-                self._replace()
+                self._replace(self._build())
         except Exception:
             log.exception("encoding the metrics failed")
         # The previous snapshot is garbage now: give its pages back.
@@ -175,8 +184,7 @@ class LatestSnapshot:
         """The /metrics response for these request headers."""
         form = Format.negotiate(accept)
         now = self._clock()
-        snapshot = self._current(now)
-        self._note(form, now)
+        snapshot = self._current(now, form)
         tail = self._encoded_ages(snapshot, form, now) + form.encode(self._extras.collect())
         compressed = gzip_accepted(accept_encoding)
         encoded = snapshot.encoded.get(form.content_type)
@@ -187,15 +195,20 @@ class LatestSnapshot:
             body = gzip.compress(body, _GZIP_LEVEL, mtime=0)
         return Page(body, form.content_type, compressed)
 
-    def _current(self, now: float) -> Snapshot:
+    def _current(self, now: float, form: Format) -> Snapshot:
+        """The latest snapshot, encoded in ``form`` unless too many formats are asked for."""
         snapshot = self._snapshot
-        if now <= snapshot.stale_at:
+        wanted = self._note(form, now)
+        if now <= snapshot.stale_at and (form.content_type in snapshot.encoded or not wanted):
             return snapshot
-        # A store's gauges went stale without a collection ending (its cycle hangs): the
-        # first scrape after builds the snapshot that shows it down.
-        with self._building:
-            if now > self._snapshot.stale_at:
-                self._replace()
+        with self._building:  # scrapes in the same new format wait for the first one's work
+            snapshot = self._snapshot
+            if now > snapshot.stale_at:
+                # A store's gauges went stale without a collection ending (its cycle hangs):
+                # the first scrape after builds the snapshot that shows it down.
+                self._replace(self._build())
+            elif wanted and form.content_type not in snapshot.encoded:
+                self._replace(snapshot.adding([form]))
             return self._snapshot
 
     def _encoded_ages(self, snapshot: Snapshot, form: Format, now: float) -> bytes:
@@ -210,8 +223,8 @@ class LatestSnapshot:
             self._ages[form.content_type] = (snapshot, second, text)
         return text
 
-    def _replace(self) -> None:
-        self._snapshot = self._build()
+    def _replace(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
         self._ages.clear()  # nothing keeps the previous snapshot alive
 
     def _build(self) -> Snapshot:
@@ -223,7 +236,10 @@ class LatestSnapshot:
             formats = [form for form, _ in self._asked.values()]
         return Snapshot.build(tuple(self._states()), now, formats)
 
-    def _note(self, form: Format, now: float) -> None:
+    def _note(self, form: Format, now: float) -> bool:
+        """Remember that ``form`` was scraped; whether it is one of the formats encoded ahead."""
         with self._asking:
             if form.content_type in self._asked or len(self._asked) < MAX_FORMATS:
                 self._asked[form.content_type] = (form, now)
+                return True
+            return False

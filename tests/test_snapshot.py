@@ -136,17 +136,22 @@ def test_the_body_is_what_prometheus_client_writes_for_the_same_families(
     metrics = LatestSnapshot(lambda: states, more, clock)
     metrics.publish()
     content_type = choose_encoder(accept)[1]
-    # First encoded for the scrape itself, then ahead, from the next collection on.
-    for ahead in (False, True):
-        assert (content_type in metrics.snapshot.encoded) is ahead
+    assert content_type not in metrics.snapshot.encoded
+    # The first scrape in a format encodes the latest snapshot in it; collections from then on
+    # encode it ahead.
+    for _ in range(2):
+        families = metrics.snapshot.families
         expected = reference(accept, states, clock, more)
         page = metrics.page(accept, "")
         assert (page.body, page.content_type, page.compressed) == (expected, content_type, False)
+        assert content_type in metrics.snapshot.encoded
+        assert metrics.snapshot.families is families  # still the same collection's
         zipped = metrics.page(accept, "gzip")
         assert zipped.compressed
         assert gzip.decompress(zipped.body) == expected
         clock.now += 1.5
         metrics.publish()
+        assert content_type in metrics.snapshot.encoded
 
 
 @pytest.fixture
@@ -253,8 +258,8 @@ def test_ages_advance_between_scrapes_without_a_new_collection(
     clock = Clock(runner.state.gauges_taken + 1.0)
     metrics = LatestSnapshot(lambda: [runner.state], extras(), clock)
     metrics.publish()
-    snapshot = metrics.snapshot
     first = metrics.page("", "").body.decode()
+    snapshot = metrics.snapshot
     clock.now += 10.0
     second = metrics.page("", "").body.decode()
     assert metrics.snapshot is snapshot  # nothing encoded again
@@ -285,6 +290,7 @@ def test_a_scrape_during_a_collection_gets_the_whole_previous_snapshot(
     metrics = LatestSnapshot(states, extras())
     metrics.publish()
     old = samples(metrics.page("", "").body.decode())
+    metrics.page(PROMETHEUS_ACCEPT, "")  # both formats are encoded ahead from here on
     add_pending(writer, 30, seed=9)
     runner.run_once()
     blocked = True
@@ -395,20 +401,24 @@ def test_formats_are_encoded_ahead_while_scraped_and_within_bounds(
     runner, *_ = store
     clock = Clock(runner.state.gauges_taken)
     metrics = LatestSnapshot(lambda: [runner.state], extras(), clock)
+    prometheus = choose_encoder(PROMETHEUS_ACCEPT)[1]
+    metrics.page(PROMETHEUS_ACCEPT, "")
     # Odd Accept headers, each a content type of its own: encoded per scrape past the bound.
-    odd = [f"application/openmetrics-text;version=1.0.{n}" for n in range(MAX_FORMATS + 5)]
+    odd = [f"application/openmetrics-text;version=1.0.{n}" for n in range(1, MAX_FORMATS + 4)]
     for accept in odd:
         metrics.page(accept, "")
+    kept = {prometheus} | {choose_encoder(accept)[1] for accept in odd[: MAX_FORMATS - 1]}
+    assert set(metrics.snapshot.encoded) == kept
     metrics.publish()
-    encoded = set(metrics.snapshot.encoded)
-    assert len(encoded) == MAX_FORMATS
-    assert encoded == {choose_encoder(accept)[1] for accept in odd[:MAX_FORMATS]}
-    last = odd[-1]
-    page = metrics.page(last, "")
-    assert page.body == reference(last, [runner.state], clock, extras())
-    # A format nobody scrapes any more is no longer encoded ahead.
+    assert set(metrics.snapshot.encoded) == kept
+    page = metrics.page(odd[-1], "")
+    assert page.body == reference(odd[-1], [runner.state], clock, extras())
+    assert set(metrics.snapshot.encoded) == kept
+    # A format nobody scrapes any more is no longer encoded ahead, and makes room.
     clock.now += FORMAT_MEMORY / 2
     metrics.page(PROMETHEUS_ACCEPT, "")
     clock.now += FORMAT_MEMORY / 2 + 1.0
     metrics.publish()
-    assert set(metrics.snapshot.encoded) == {choose_encoder(PROMETHEUS_ACCEPT)[1]}
+    assert set(metrics.snapshot.encoded) == {prometheus}
+    metrics.page(odd[-1], "")
+    assert set(metrics.snapshot.encoded) == {prometheus, choose_encoder(odd[-1])[1]}
