@@ -222,7 +222,7 @@ class Reading:
     error: Exception | None
     """Why the cycle failed: a CollectionError naming the step, or what else went wrong."""
     totals: Totals
-    """The counters after the cycle (a failed cycle changes none)."""
+    """The counters after the cycle, failed or not (see ``Totals``)."""
     step_seconds: dict[str, float]
     """Time spent in each step of the cycle; empty when it failed."""
     folded: dict[str, int]

@@ -2,8 +2,9 @@
 
 prometheus_client's encoders write every body; what moves between collections (the oldest
 pending ages, the process's own metrics) is encoded per scrape and appended. A snapshot is
-encoded, and compressed, in each format scraped lately: the first scrape in a new format
-encodes the latest snapshot in it too, the next collections encode it ahead.
+encoded, and compressed, in Prometheus's format and each other format scraped lately: the
+first scrape in a new format encodes the latest snapshot in it too, the next collections
+encode it ahead.
 """
 
 from __future__ import annotations
@@ -159,7 +160,11 @@ class LatestSnapshot:
         self._clock = clock
         self._building = threading.Lock()
         self._asking = threading.Lock()
-        self._asked: dict[str, tuple[Format, float]] = {}
+        # What Prometheus asks for is encoded from the first collection on, before it asks.
+        prometheus = Format.negotiate(PROMETHEUS_ACCEPT)
+        self._asked: dict[str, tuple[Format, float]] = {
+            prometheus.content_type: (prometheus, clock())
+        }
         """Formats scraped lately, by content type, and when last."""
         self._ages: dict[str, tuple[Snapshot, int, bytes]] = {}
         """The ages last encoded per format, and the second they are of."""

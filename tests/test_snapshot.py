@@ -136,9 +136,9 @@ def test_the_body_is_what_prometheus_client_writes_for_the_same_families(
     metrics = LatestSnapshot(lambda: states, more, clock)
     metrics.publish()
     content_type = choose_encoder(accept)[1]
-    assert content_type not in metrics.snapshot.encoded
-    # The first scrape in a format encodes the latest snapshot in it; collections from then on
-    # encode it ahead.
+    # Prometheus's format is encoded from the start; the first scrape in another encodes the
+    # latest snapshot in it, and collections from then on encode it ahead.
+    assert (content_type in metrics.snapshot.encoded) is (accept == PROMETHEUS_ACCEPT)
     for _ in range(2):
         families = metrics.snapshot.families
         expected = reference(accept, states, clock, more)
