@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import report
+from benchmarks import encoding, report
 from benchmarks.run import FixtureStores, Plan, benchmark, main
 from benchmarks.stores import Size
+from exporter.metric_specs import LATENCY_BUCKETS
 
 TINY = Size.of(500, 5_000)
 
@@ -58,3 +59,12 @@ def test_the_quick_benchmark_on_postgresql_measures_cycles_and_floor(postgres_ur
         assert stage[key] > 0, key
     assert {"backlog", "history", "errors"} <= set(stage["steps_ms"])
     assert "history: new rows" in stage["kinds_client_ms"]
+
+
+def test_the_encoding_benchmark_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert encoding.main(["--objects", "2", "--runs", "3"]) == 0
+    printed = capsys.readouterr().out
+    lines = int(printed.split(" lines,", 1)[0].replace(",", ""))
+    assert lines > 2 * 2 * 2 * (len(LATENCY_BUCKETS) + 3)  # each series' histogram
+    for row in ("a collection's snapshot", "a scrape, Prometheus's format, gzip", "ages encoded"):
+        assert f"| {row}" in printed
