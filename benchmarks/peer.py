@@ -22,7 +22,7 @@ import yaml
 
 from benchmarks import pglog
 from benchmarks.serving import free_port, http_get, process_sample
-from benchmarks.stores import Store, pg_connect
+from crmsync_testing.filled_stores import Store, pg_connect
 
 VERSION = "5.0.2"
 DEFAULT_VENV = Path(tempfile.gettempdir()) / "qe-venv"

@@ -1,4 +1,4 @@
-"""Runs the benchmark: builds the stores, measures, prints the tables and writes BENCHMARKS.md.
+"""Runs the benchmark: builds the stores, measures, prints the tables and writes docs/BENCHMARKS.md.
 
 python -m benchmarks             # the full run (PostgreSQL and SQLite, up to 10M rows)
 python -m benchmarks --quick     # seconds: small stores, a few cycles, no peer
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from benchmarks import cycles, peer, pglog, report, serving
 from benchmarks.stats import median, percentile
-from benchmarks.stores import (
+from crmsync_testing.filled_stores import (
     PostgresStore,
     Size,
     SqliteStore,
@@ -39,7 +39,6 @@ from benchmarks.stores import (
     exporter_settings,
 )
 from exporter.config import StoreConfig, parse_config
-from exporter.schema import metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_POSTGRES = os.environ.get(
@@ -218,30 +217,6 @@ class SqliteStores:
             if not self.keep:
                 for stale in (path, marker, Path(f"{path}-wal"), Path(f"{path}-shm")):
                     stale.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        pass
-
-
-class FixtureStores:
-    """Every size in one given PostgreSQL schema, emptied in between (for the tests)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.server_log = None
-
-    @contextmanager
-    def __call__(self, size: Size) -> Iterator[tuple[PostgresStore, bool]]:
-        engine = sa.create_engine(self.url)
-        try:
-            metadata.drop_all(engine)
-        finally:
-            engine.dispose()
-        store = PostgresStore(self.url)
-        try:
-            yield store, False
-        finally:
-            store.close()
 
     def close(self) -> None:
         pass

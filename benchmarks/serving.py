@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.stores import Store, pg_connect
+from crmsync_testing.filled_stores import Store, pg_connect
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"

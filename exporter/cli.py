@@ -23,11 +23,11 @@ from prometheus_client import (
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from exporter import __version__, allocator
+from exporter.arguments import command_parser, setup_logging_from
 from exporter.collection import StoreReader
 from exporter.config import Config, ConfigError, load_config
 from exporter.dialects import UnsupportedDatabaseError
 from exporter.http import ExporterHTTPServer
-from exporter.logs import setup_logging
 from exporter.runner import StoreRunner
 from exporter.sharding import Shard, ShardInfo
 from exporter.snapshot import LatestSnapshot
@@ -42,9 +42,8 @@ class UsageError(Exception):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="crmsync-exporter",
-        description="Prometheus exporter for CRM synchronisation stores.",
+    parser = command_parser(
+        "crmsync-exporter", "Prometheus exporter for CRM synchronisation stores."
     )
     parser.add_argument(
         "--config.file",
@@ -92,16 +91,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="the number of shards the stores are split into (default: %(default)s)",
     )
-    parser.add_argument(
-        "--log.level",
-        dest="log_level",
-        choices=["debug", "info", "warn", "error"],
-        default="info",
-    )
-    parser.add_argument(
-        "--log.format", dest="log_format", choices=["logfmt", "json"], default="logfmt"
-    )
-    parser.add_argument("--version", action="version", version=f"crmsync-exporter {__version__}")
     args = parser.parse_args(argv)
     if not args.telemetry_path.startswith("/"):
         parser.error("--web.telemetry-path must start with /")
@@ -251,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    setup_logging_from(args)
     try:
         return run(args)
     except ConfigError as error:

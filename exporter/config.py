@@ -24,14 +24,13 @@ from pydantic import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from exporter.durations import parse_duration
+
 # Table and column names are put into SQL (quoted); anything beyond a plain identifier,
 # optionally schema-qualified, is refused outright rather than trusted to quoting.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _STORE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_.:-]{1,64}$")
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class ConfigError(Exception):
@@ -55,12 +54,12 @@ def _parse_duration(value: object) -> object:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        text = value.strip()
-        if _DURATION.fullmatch(text):
-            return sum(
-                float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text)
-            )
-        raise ValueError(f"{value!r} is not a duration (use seconds or e.g. 15s, 1m30s, 500ms)")
+        try:
+            return parse_duration(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration (use seconds or e.g. 15s, 1m30s, 500ms)"
+            ) from None
     return value
 
 

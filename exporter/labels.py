@@ -112,7 +112,7 @@ class StoreLabels:
 def label_text(raw: object, lower: bool) -> str:
     """A store value as label text: stripped, ``unknown`` when blank, cut, maybe lower-cased.
 
-    The dashboards' SQL (exporter.dashboard_sql) applies the same steps in the same order.
+    The dashboards' SQL (crmsync_tools.dashboard_sql) applies the same steps in the same order.
     """
     if raw is None:
         return UNKNOWN

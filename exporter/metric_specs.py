@@ -44,6 +44,8 @@ class MetricSpec:
     labels: tuple[str, ...]
     help: str
     buckets: tuple[float, ...] = ()
+    keys: tuple[str, ...] = ()
+    """An info metric's keys: the labels of its one ``_info`` sample, always 1."""
 
     def gauge(self) -> GaugeMetricFamily:
         """A fresh, empty family to add this collection's samples to."""
@@ -177,5 +179,16 @@ LATE_ROWS = MetricSpec(
     "layout); rows later than twice settle_time are missed.",
 )
 BUILD = MetricSpec(
-    "crmsync_build", "info", (), "Version of crmsync-exporter and of Python running it."
+    "crmsync_build",
+    "info",
+    (),
+    "Version of crmsync-exporter and of Python running it.",
+    keys=("version", "python"),
+)
+SHARD = MetricSpec(
+    "crmsync_shard",
+    "info",
+    (),
+    "Shard of the configured stores this exporter collects.",
+    keys=("index", "count"),
 )

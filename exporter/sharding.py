@@ -6,10 +6,11 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import InfoMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.config import StoreConfig
+from exporter.metric_specs import SHARD
 
 
 def shard_of(store_name: str, count: int) -> int:
@@ -51,9 +52,7 @@ class ShardInfo(Collector):
 
     def __init__(self, shard: Shard) -> None:
         # One family object for the process's life.
-        self._family = InfoMetricFamily(
-            "crmsync_shard", "Shard of the configured stores this exporter collects."
-        )
+        self._family = SHARD.info()
         self._family.add_metric([], {"index": str(shard.index), "count": str(shard.count)})
 
     def collect(self) -> Iterator[Metric]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the project with its test tools into .venv and Grafana's frontend packages into
-# tests/dashboards/frontend/node_modules, then runs ruff, mypy and the test suite.
+# crmsync_testing/frontend/node_modules, then runs ruff, mypy and the test suite.
 # As root on a Debian machine without them, it also installs Prometheus, Alertmanager,
 # docker-compose, Node.js and Chromium from Debian's packages, which the end-to-end tests run
 # for real.
@@ -32,7 +32,7 @@ python3 -m venv .venv
 # Grafana's own frontend code for the dashboard tests: installed again only when
 # package-lock.json changed, bundled again only when older than its sources.
 (
-  cd tests/dashboards/frontend
+  cd crmsync_testing/frontend
   if ! sha256sum --status -c node_modules/.package-lock.sha256 2>/dev/null; then
     npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
     sha256sum package-lock.json >node_modules/.package-lock.sha256

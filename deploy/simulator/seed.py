@@ -8,8 +8,8 @@ import sys
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from crmsync_tools.simulator import backfill, writer_engine
 from exporter.schema import create_reference_schema, sync_history
-from exporter.simulator import backfill, writer_engine
 
 
 def main() -> int:
