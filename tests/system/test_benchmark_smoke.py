@@ -112,5 +112,9 @@ def test_the_encoding_benchmark_prints_its_figures() -> None:
     assert result.returncode == 0, result.stderr
     lines = int(result.stdout.split(" lines,", 1)[0].replace(",", ""))
     assert lines > 2 * 2 * 2 * 17  # at least each series' latency histogram
-    for row in ("a collection's snapshot", "a scrape, Prometheus's format, gzip", "ages encoded"):
-        assert f"| {row}" in result.stdout
+    for row in (
+        "a collection's snapshot, Prometheus's format",
+        "a scrape, Prometheus's format, gzip",
+        "the first scrape of a second (ages encoded)",
+    ):
+        assert f"| {row} |" in result.stdout
