@@ -234,6 +234,44 @@ def render(results: dict[str, Any]) -> str:
                 for stage in stages
             ),
         )
+    measured = [stage for stage in stages if "with_index_ms" in stage.get("failing", {})]
+    if measured:
+        lines += ["", "### Failing changes from error rows (`failing_from_errors`)", ""]
+        lines.append(
+            "The query behind `crmsync_failing_records` for the three-table layout: waiting"
+            " changes with an error row for the same record stamped at or after their enqueue"
+            " time, the latest such row's code. Milliseconds, medians of"
+            f" {measured[0]['failing']['runs']} runs, against the steady cycle's backlog step;"
+            " *index*: `sync_error (record_id, failed_at)`, built for the measurement."
+        )
+        lines.append("")
+        lines += table(
+            [
+                "database",
+                "store",
+                "errors rows",
+                "without index",
+                "index build s",
+                "with index",
+                "backlog step",
+                "failing found",
+            ],
+            (
+                [
+                    stage["dialect"],
+                    stage["label"],
+                    f"{stage['errors']:,}",
+                    number(stage["failing"]["without_index_ms"], 2)
+                    if stage["failing"]["without_index_ms"] is not None
+                    else f"> {stage['failing']['timeout_s']:g} s (timed out)",
+                    number(stage["failing"]["index_s"], 2),
+                    number(stage["failing"]["with_index_ms"], 2),
+                    number(stage["steps_ms"].get("backlog"), 2),
+                    f"{stage['failing']['failing']:,}",
+                ]
+                for stage in measured
+            ),
+        )
     serve = results.get("serve")
     if serve:
         lines += ["", "### Scrapes", ""]

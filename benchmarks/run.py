@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import psycopg
 import sqlalchemy as sa
 
-from benchmarks import cycles, peer, pglog, report, serving
+from benchmarks import cycles, failing, peer, pglog, report, serving
 from benchmarks.stats import median, percentile
 from crmsync_testing.filled_stores import (
     PostgresStore,
@@ -65,6 +65,7 @@ class Plan:
     idle_cycles: int
     serve_stage: Size
     sqlite_stages: tuple[Size, ...]
+    failing_runs: int = 5
 
     @classmethod
     def full(cls) -> Plan:
@@ -110,6 +111,7 @@ class Plan:
             idle_cycles=1,
             serve_stage=stages[0],
             sqlite_stages=stages,
+            failing_runs=2,
         )
 
 
@@ -436,6 +438,13 @@ def measure_database(
                     indented,
                 )
             summary = summarize_stage(store.dialect, size, collection, load_seconds, peer_result)
+            progress(f"{store.dialect} {size.label}: failing changes from error rows")
+            try:
+                summary["failing"] = failing.measure(
+                    store.url, store_config(store.url), plan.failing_runs
+                )
+            except Exception as error:  # a failed measurement is reported, the run goes on
+                summary["failing"] = {"error": f"{error.__class__.__name__}: {error}"}
             summary["error"] = next(s.error for s in sessions if s.name == size.key)
             results.stages.append(summary)
             progress(f"{store.dialect} {size.label}: " + report.stage_line(summary))

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.mysql.base import MySQLDialect
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Dialect
 
-from exporter.config import StoreConfig
+from exporter.config import RowFilter, StoreConfig
 from exporter.labels import MAX_LENGTH, OTHER, UNKNOWN, WHITESPACE
 
 SqlDialect = Literal["postgresql", "mysql"]
@@ -127,6 +127,17 @@ class _Sql:
             return "date_part('epoch', clock_timestamp())"
         return "UNIX_TIMESTAMP(NOW(6))"
 
+    def first_group(self, text: str, pattern: str) -> str:
+        """What ``pattern``'s first group matches in ``text`` (NULL when nothing)."""
+        if self.name == "postgresql":
+            # substring(... from pattern) gives the first parenthesized group.
+            return f"substring({text} from {self.literal(pattern)})"
+        # REGEXP_SUBSTR gives the whole match; replacing it by the group leaves the group.
+        return (
+            f"REGEXP_REPLACE(REGEXP_SUBSTR({text}, {self.literal(pattern)}),"
+            f" {self.literal(pattern)}, '\\\\1')"
+        )
+
     def with_(self, ctes: Sequence[str]) -> str:
         return "WITH\n" + ",\n".join(ctes)
 
@@ -212,11 +223,15 @@ def _params_cte(sql: _Sql, text: str, max_length: int) -> list[str]:
 
 @dataclass(frozen=True)
 class _Source:
-    """Where one kind of row lives: a table, the rows of it that count, and its columns."""
+    """Where one kind of row lives: its tables, the rows of them that count, and its columns.
 
-    table: str
-    where: str | None
-    columns: Mapping[str, str]
+    ``columns`` are column names, or None where the store has none (``constants`` then give
+    the label, or the value is NULL). Rows that move on to an archive are read from both.
+    """
+
+    tables: tuple[str, ...]
+    where: RowFilter | None
+    columns: Mapping[str, str | None]
 
 
 class StoreSql:
@@ -225,68 +240,98 @@ class StoreSql:
     def __init__(self, store: StoreConfig, dialect: SqlDialect) -> None:
         self.store = store
         self.sql = sql_for(dialect)
-        mapping = store.mapping
-        statuses = mapping.status_values
-        single = mapping.single_table
         # Generous: every reported object and code, each up to 64 characters written as
         # %XX triples, plus the filters and the search text.
         self.max_query_length = (store.max_objects + store.max_error_codes) * 200 + 20_000
-        if single is None:
-            errors, queue = mapping.errors, mapping.queue
-            self.errors = _Source(
-                errors.table,
-                None,
-                {
-                    "id": errors.id,
-                    "time": errors.failed_at,
-                    "object": errors.object_type,
-                    "record_id": errors.record_id,
-                    "record_name": errors.record_name,
-                    "operation": errors.operation,
-                    "direction": errors.direction,
-                    "error_code": errors.error_code,
-                    "error_message": errors.error_message,
-                },
+        constants = store.mapping.constants
+        self.constants = {
+            "object": constants.object_type,
+            "operation": constants.operation,
+            "direction": constants.direction,
+        }
+        self.objects = store.objects if constants.object_type is None else (constants.object_type,)
+        self.operations: Mapping[str, Sequence[str]] = (
+            store.operations
+            if constants.operation is None
+            else {constants.operation: (constants.operation,)}
+        )
+        self.directions: Mapping[str, Sequence[str]] = (
+            store.directions
+            if constants.direction is None
+            else {constants.direction: (constants.direction,)}
+        )
+        queue, _, errors = store.mapping.roles()
+        if errors is None:
+            raise ValueError(
+                f"store {store.name!r} keeps no errors table: the dashboards' error views "
+                "need one (mapping.errors)"
             )
-            self.queue = _Source(
-                queue.table,
-                None,
-                {
-                    "time": queue.enqueued_at,
-                    "object": queue.object_type,
-                    "record_id": queue.record_id,
-                    "operation": queue.operation,
-                    "direction": queue.direction,
-                },
-            )
-        else:
-            status = self.sql.ident(single.status)
-            self.errors = _Source(
-                single.table,
-                f"{status} IN ({self._list(statuses.failed)})",
-                {
-                    "id": single.id,
-                    "time": single.failed_at,
-                    "object": single.object_type,
-                    "record_id": single.record_id,
-                    "record_name": single.record_name,
-                    "operation": single.operation,
-                    "direction": single.direction,
-                    "error_code": single.error_code,
-                    "error_message": single.error_message,
-                },
-            )
-            self.queue = _Source(
-                single.table,
-                f"{status} IN ({self._list(statuses.pending)})",
-                {
-                    "time": single.enqueued_at,
-                    "object": single.object_type,
-                    "record_id": single.record_id,
-                    "operation": single.operation,
-                    "direction": single.direction,
-                },
-            )
+        self.code_pattern = errors.error_code_pattern if errors.error_code is None else None
+        self.errors = _Source(
+            (errors.table,)
+            if errors.archive_table is None
+            else (errors.table, errors.archive_table),
+            errors.filter,
+            {
+                "id": errors.id,
+                "time": errors.failed_at,
+                "object": errors.object_type,
+                "record_id": errors.record_id,
+                "record_name": errors.record_name,
+                "operation": errors.operation,
+                "direction": errors.direction,
+                "error_code": errors.error_code or errors.error_message,
+                "error_message": errors.error_message,
+            },
+        )
+        self.queue = _Source(
+            (queue.table,),
+            queue.filter,
+            {
+                "time": queue.enqueued_at,
+                "object": queue.object_type,
+                "record_id": queue.record_id,
+                "operation": queue.operation,
+                "direction": queue.direction,
+            },
+        )
+
+    def _columns(self, source: _Source) -> dict[str, str]:
+        """Each column as SQL: quoted, a constant label, or NULL."""
+        columns = {}
+        for key, name in source.columns.items():
+            constant = self.constants.get(key)
+            if constant is not None:
+                columns[key] = self.sql.literal(constant)
+            elif name is None:
+                columns[key] = "NULL"
+            else:
+                columns[key] = self.sql.ident(name)
+        if self.code_pattern is not None and source is self.errors:
+            columns["error_code"] = self.sql.first_group(columns["error_code"], self.code_pattern)
+        return columns
+
+    def _from(self, source: _Source) -> str:
+        """The FROM of a source: its table, or its table and archive as one."""
+        if len(source.tables) == 1:
+            return self.sql.ident(source.tables[0])
+        read = {
+            name
+            for key, name in source.columns.items()
+            if name is not None and self.constants.get(key) is None
+        }
+        if source.where is not None:
+            read.add(source.where.column)
+        names = ", ".join(self.sql.ident(name) for name in sorted(read))
+        branches = "\n    UNION ALL ".join(
+            f"SELECT {names} FROM {self.sql.ident(table)}" for table in source.tables
+        )
+        return f"(\n    {branches}\n  ) AS source_rows"
+
+    def _where(self, source: _Source) -> str | None:
+        if source.where is None:
+            return None
+        return f"{self.sql.ident(source.where.column)} IN ({self._list(source.where.values)})"
 
     def _list(self, values: Iterable[str]) -> str:
         return ", ".join(self.sql.literal(value) for value in values)
@@ -368,8 +413,9 @@ class StoreSql:
         """CTEs up to ``failures``: failed attempts in the time range with label columns."""
         sql = self.sql
         source = self.errors
-        c = {key: sql.ident(name) for key, name in source.columns.items()}
-        where = [f"$__timeFilter({c['time']})"] + ([source.where] if source.where else [])
+        c = self._columns(source)
+        status = self._where(source)
+        where = [f"$__timeFilter({c['time']})"] + ([status] if status else [])
         texts = (
             "failure_text AS (\n  SELECT\n    "
             + ",\n    ".join(
@@ -385,16 +431,16 @@ class StoreSql:
                     f"{c['error_message']} AS error_message",
                 ]
             )
-            + f"\n  FROM {sql.ident(source.table)}\n  WHERE {' AND '.join(where)}\n)"
+            + f"\n  FROM {self._from(source)}\n  WHERE {' AND '.join(where)}\n)"
         )
         labelled = (
             "failures AS (\n  SELECT t.*,\n    "
             + ",\n    ".join(
                 [
-                    f"{self._capped('t.object', 'choice.reported_objects', self.store.objects)}"
+                    f"{self._capped('t.object', 'choice.reported_objects', self.objects)}"
                     " AS object_label",
-                    f"{self._mapped('t.operation_text', self.store.operations)} AS operation",
-                    f"{self._mapped('t.direction_text', self.store.directions)} AS direction",
+                    f"{self._mapped('t.operation_text', self.operations)} AS operation",
+                    f"{self._mapped('t.direction_text', self.directions)} AS direction",
                     f"{self._capped('t.error_code', 'choice.reported_codes')} AS code_label",
                 ]
             )
@@ -484,17 +530,19 @@ class StoreSql:
         """The oldest waiting changes of one object, the first few of each operation."""
         sql = self.sql
         source = self.queue
-        c = {key: sql.ident(name) for key, name in source.columns.items()}
-        where = f"\n  WHERE {source.where}" if source.where else ""
+        c = self._columns(source)
+        status = self._where(source)
+        where = f"\n  WHERE {status}" if status else ""
         column_type = "'timestamp'"
         extra: list[str] = []
         if sql.name == "mysql":
-            schema, _, table = source.table.rpartition(".")
+            schema, _, table = source.tables[0].rpartition(".")
+            queue_time = str(source.columns["time"])
             owner = sql.literal(schema) if schema else "DATABASE()"
             extra.append(
                 "(SELECT lower(DATA_TYPE) FROM information_schema.COLUMNS"
                 f" WHERE TABLE_SCHEMA = {owner} AND TABLE_NAME = {sql.literal(table)}"
-                f" AND COLUMN_NAME = {sql.literal(source.columns['time'])}) AS time_type"
+                f" AND COLUMN_NAME = {sql.literal(queue_time)}) AS time_type"
             )
             column_type = "choice.time_type"
         text = query_string(["object", "direction"], [REPORTED_OBJECTS])
@@ -510,23 +558,23 @@ class StoreSql:
                     f"greatest(0, {sql.now_epoch()} - {sql.epoch(c['time'], column_type)}) AS age",
                 ]
             )
-            + f"\n  FROM {sql.ident(source.table)} CROSS JOIN choice{where}\n)"
+            + f"\n  FROM {self._from(source)} CROSS JOIN choice{where}\n)"
         )
         labelled = (
             "q AS (\n  SELECT t.*,\n    "
             + ",\n    ".join(
                 [
-                    f"{self._capped('t.object', 'choice.reported_objects', self.store.objects)}"
+                    f"{self._capped('t.object', 'choice.reported_objects', self.objects)}"
                     " AS object_label",
-                    f"{self._mapped('t.operation_text', self.store.operations)} AS operation",
-                    f"{self._mapped('t.direction_text', self.store.directions)} AS direction",
+                    f"{self._mapped('t.operation_text', self.operations)} AS operation",
+                    f"{self._mapped('t.direction_text', self.directions)} AS direction",
                 ]
             )
             + "\n  FROM queue_text AS t CROSS JOIN choice\n)"
         )
         time = sql.alias("time")
         parts = []
-        for operation in self.store.operations:
+        for operation in self.operations:
             parts.append(
                 f"  (SELECT q.{time}, q.record_id, q.operation, q.direction, q.age\n"
                 f"   FROM q\n   WHERE {sql.same('q.operation', sql.literal(operation))}\n"

@@ -426,7 +426,7 @@ class _Builder:
         self.sql = StoreSql(store, options.dialect)
         self.plugin = SQL_PLUGIN[options.dialect]
         self.store_ds = DataSourceRef(type_val=self.plugin, uid="${store_datasource}")
-        self.operations = list(store.operations)
+        self.operations = list(self.sql.operations)
 
     # variables shared by the dashboards
 

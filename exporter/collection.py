@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -14,11 +15,11 @@ from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import URL, Engine
 
 from exporter.config import StoreConfig
-from exporter.dialects import configure_engine, connect_arguments, interrupt_connection
-from exporter.feeds import AnyRow, IdFeed, MomentFeed, utc_datetime
+from exporter.dialects import Dialect, dialect_for, interrupt_connection
+from exporter.feeds import FeedSink, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
-from exporter.queries import StoreQueries, build_queries
+from exporter.queries import FeedRow, StoreQueries, build_queries
 from exporter.tally import CountsBySeries, Debuts, HistogramValue, LatencyTally
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Gauges:
     """Rows stamped later than ``db_now`` per table role (queue, history, errors)."""
     last_hour_start: float | None = None
     """Start (Unix seconds) of the hour ``synced_last_hour`` counts."""
+    failing: dict[ErrorSeries, int] | None = None
+    """Waiting changes whose last attempt failed; None where the store cannot tell."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +76,11 @@ class _HistorySink:
         self.synced: CountsBySeries[Series] = CountsBySeries()
         self.latency: LatencyTally[Series] = LatencyTally()
 
-    def add_row(self, row: AnyRow) -> None:
-        series = self._labels.series(row[1], row[2], row[3])
+    def add_row(self, row: FeedRow) -> None:
+        series = self._labels.series(row.object, row.operation, row.direction)
         self.synced.add(series)
         if row.latency is not None:
-            self.latency.observe(series, float(row.latency))
+            self.latency.observe(series, row.latency)
 
 
 class _ErrorSink:
@@ -85,9 +88,9 @@ class _ErrorSink:
         self._labels = labels
         self.errors: CountsBySeries[ErrorSeries] = CountsBySeries()
 
-    def add_row(self, row: AnyRow) -> None:
-        series = self._labels.series(row[1], row[2], row[3])
-        self.errors.add((*series, self._labels.error_codes(row[4])))
+    def add_row(self, row: FeedRow) -> None:
+        series = self._labels.series(row.object, row.operation, row.direction)
+        self.errors.add((*series, self._labels.error_codes(row.error_code)))
 
 
 class CollectionError(Exception):
@@ -96,6 +99,31 @@ class CollectionError(Exception):
     def __init__(self, step: str) -> None:
         super().__init__(step)
         self.step = step
+
+
+class Steps:
+    """The steps of one cycle: what each took, and which one a failure happened in."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        """Seconds per timed step (steps sharing a name add up)."""
+        self._failed = False
+
+    @contextmanager
+    def run(self, description: str, timed: str | None = None) -> Iterator[None]:
+        """Run a step; a failure in it becomes CollectionError(``description``)."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as error:
+            if self._failed:
+                raise  # already named by the innermost step
+            self._failed = True
+            raise CollectionError(description) from error
+        finally:
+            if timed is not None:
+                elapsed = time.perf_counter() - started
+                self.seconds[timed] = self.seconds.get(timed, 0.0) + elapsed
 
 
 class DatabaseSilentError(Exception):
@@ -206,9 +234,9 @@ class LastHourCache:
             return self._counts
         counts: dict[HourSeries, int] = {}
         statement = queries.synced_between(utc_datetime(hour_start), utc_datetime(hour_end))
-        for raw_object, raw_direction, synced in connection.execute(statement):
-            key = (labels.objects(raw_object), labels.directions(raw_direction))
-            counts[key] = counts.get(key, 0) + int(synced)
+        for row in map(queries.hour_row, connection.execute(statement)):
+            key = (labels.objects(row.object), labels.directions(row.direction))
+            counts[key] = counts.get(key, 0) + row.synced
         self._hour_end, self._counts = hour_end, counts
         return counts
 
@@ -240,8 +268,9 @@ class StoreReader:
     ) -> None:
         self.config = config
         self.engine = engine or make_engine(config)
+        self.dialect = dialect_for(self.engine.dialect.name)
         self.labels = StoreLabels(config)
-        self.queries = build_queries(config, self.engine.dialect.name)
+        self.queries = build_queries(config, self.dialect)
         self._clock = clock
         self._start_reading()
         self._read_once = False
@@ -251,6 +280,7 @@ class StoreReader:
         self._error_debuts: Debuts[ErrorSeries] = Debuts(config.new_counter_hold)
         self._late_logged: dict[str, tuple[float, int]] = {}
         self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
+        self._failing_seen: set[ErrorSeries] = set()
         # Long enough for any statement the server lets run (query_timeout) and its result.
         self._watchdog = Watchdog(
             2 * config.query_timeout + 2.0, self._interrupt, f"watchdog-{config.name}"
@@ -266,18 +296,15 @@ class StoreReader:
         """Counters at zero, feeds to take their position at the next read."""
         self._history = _HistorySink(self.labels)
         self._errors = _ErrorSink(self.labels)
-        self._feeds: list[IdFeed | MomentFeed]
+        sinks: dict[str, FeedSink] = {"history": self._history, "errors": self._errors}
         settle_time = self.config.settle_time
-        if self.queries.append_only:
-            self._feeds = [
-                IdFeed(self.queries.history, self._history, settle_time),
-                IdFeed(self.queries.errors, self._errors, settle_time),
-            ]
-        else:
-            self._feeds = [
-                MomentFeed(self.queries.history, self._history, settle_time),
-                MomentFeed(self.queries.errors, self._errors, settle_time),
-            ]
+        # Rows only ever added are found by id; rows that change state or move, by timestamp.
+        self._feeds: dict[str, IdFeed | MomentFeed] = {
+            feed.name: (IdFeed if feed.append_only else MomentFeed)(
+                feed, sinks[feed.name], settle_time
+            )
+            for feed in self.queries.feeds
+        }
 
     def _connected(self, dbapi_connection: Any, *_: Any) -> None:
         self._connections.append(dbapi_connection)
@@ -322,49 +349,71 @@ class StoreReader:
         return gauges, step_seconds
 
     def _collect(self) -> tuple[Gauges, dict[str, float]]:
-        timings: dict[str, float] = {}
-        step = f"connecting to {self.config.display_url()}"
-        try:
-            with self.engine.connect() as connection, connection.begin():
-                step = "reading the database clock"
-                started = time.perf_counter()
-                db_now = float(connection.execute(self.queries.now()).scalar_one())
-                step = f"reading the backlog from {self.queries.queue_source.fullname}"
+        steps = Steps()
+        queries = self.queries
+        with (
+            steps.run(f"connecting to {self.config.display_url()}"),
+            self.engine.connect() as connection,
+            connection.begin(),
+        ):
+            with steps.run("reading the database clock", timed="backlog"):
+                db_now = float(connection.execute(queries.now()).scalar_one())
+            with steps.run(
+                f"reading the backlog from {queries.queue_source.fullname}", timed="backlog"
+            ):
                 backlog, future_pending = self._backlog(connection, db_now)
-                timings["backlog"] = time.perf_counter() - started
-                for name, feed in zip(("history", "errors"), self._feeds, strict=True):
-                    source = getattr(self.queries, name).source.fullname
-                    step = f"reading new {name} rows from {source}"
-                    started = time.perf_counter()
-                    feed.read(connection, db_now)
-                    timings[name] = time.perf_counter() - started
-                step = (
-                    f"counting rows stamped in the future in {self.queries.history.source.fullname}"
-                    f" and {self.queries.errors.source.fullname}"
-                )
-                started = time.perf_counter()
-                future = connection.execute(self.queries.future_rows(db_now)).one()
-                future_rows = {
-                    "queue": future_pending,
-                    "history": int(future.history),
-                    "errors": int(future.errors),
+            failing = None
+            failing_query = queries.failing()
+            if failing_query is not None:
+                with steps.run(
+                    f"counting failing changes in {queries.queue_source.fullname}",
+                    timed="failing",
+                ):
+                    failing = self._failing(connection, failing_query)
+            for feed in queries.feeds:
+                with steps.run(
+                    f"reading new {feed.name} rows from {feed.table_names}", timed=feed.name
+                ):
+                    self._feeds[feed.name].read(connection, db_now)
+            future_rows = {"queue": future_pending}
+            future_query = queries.future_rows(db_now)
+            if future_query is not None:
+                tables = " and ".join(feed.table_names for feed in queries.feeds)
+                with steps.run(
+                    f"counting rows stamped in the future in {tables}", timed="future_rows"
+                ):
+                    future = connection.execute(future_query).one()
+                future_rows |= {
+                    feed.name: int(future._mapping[feed.name]) for feed in queries.feeds
                 }
-                timings["future_rows"] = time.perf_counter() - started
-                step = f"counting last hour's syncs in {self.queries.history.source.fullname}"
-                started = time.perf_counter()
-                last_hour = self._last_hour.get(connection, self.queries, self.labels, db_now)
-                timings["last_hour"] = time.perf_counter() - started
-        except Exception as error:
-            raise CollectionError(step) from error
-        zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
+            last_hour: dict[HourSeries, int] = {}
+            if queries.history is not None:
+                with steps.run(
+                    f"counting last hour's syncs in {queries.history.table_names}",
+                    timed="last_hour",
+                ):
+                    last_hour = self._last_hour.get(connection, queries, self.labels, db_now)
+                zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
+                last_hour = {**zero_hour, **last_hour}
         gauges = Gauges(
             db_now=db_now,
             backlog=backlog,
-            synced_last_hour={**zero_hour, **last_hour},
+            synced_last_hour=last_hour,
             future_rows=future_rows,
-            last_hour_start=self._last_hour.hour_start,
+            last_hour_start=self._last_hour.hour_start if queries.history is not None else None,
+            failing=failing,
         )
-        return gauges, timings
+        return gauges, steps.seconds
+
+    def _failing(self, connection: Connection, statement: Any) -> dict[ErrorSeries, int]:
+        """Failing changes per series; a series seen failing before reads 0 once drained."""
+        failing = dict.fromkeys(self._failing_seen, 0)
+        for row in map(self.queries.failing_row, connection.execute(statement)):
+            series = self.labels.series(row.object, row.operation, row.direction)
+            key = (*series, self.labels.error_codes(row.error_code))
+            failing[key] = failing.get(key, 0) + row.failing
+        self._failing_seen.update(failing)
+        return failing
 
     def _totals(self) -> Totals:
         """A copy of the counters, safe to hand to another thread.
@@ -376,8 +425,9 @@ class StoreReader:
         now = self._clock()
         synced = self._history.synced.values()
         latency = self._history.latency.values()
-        for series in self.labels.zero_filled():
-            synced.setdefault(series, 0)
+        if self.queries.history is not None:
+            for series in self.labels.zero_filled():
+                synced.setdefault(series, 0)
         empty = HistogramValue.empty(len(LATENCY_BUCKETS))
         for series in synced:
             if self._series_debuts.held(series, self._cycles, now):
@@ -389,10 +439,10 @@ class StoreReader:
             series: 0 if self._error_debuts.held(series, self._cycles, now) else count
             for series, count in self._errors.errors.values().items()
         }
-        open_gaps = sum(len(feed.gaps) for feed in self._feeds if isinstance(feed, IdFeed))
+        open_gaps = sum(len(feed.gaps) for feed in self._feeds.values() if isinstance(feed, IdFeed))
         late_rows = {
             name: feed.late_rows
-            for name, feed in zip(("history", "errors"), self._feeds, strict=True)
+            for name, feed in self._feeds.items()
             if isinstance(feed, MomentFeed)
         }
         return Totals(synced, latency, errors, open_gaps, late_rows)
@@ -400,7 +450,7 @@ class StoreReader:
     def _log_late_rows(self) -> None:
         """Say when rows arrive later than settle_time: later still, they would be missed."""
         now = self._clock()
-        for name, feed in zip(("history", "errors"), self._feeds, strict=True):
+        for name, feed in self._feeds.items():
             if not isinstance(feed, MomentFeed):
                 continue
             logged_at, logged_rows = self._late_logged.get(name, (-LATE_WARNING_EVERY, 0))
@@ -410,7 +460,7 @@ class StoreReader:
                     "later than twice settle_time are missed; raise settle_time",
                     extra={
                         "store": self.config.name,
-                        "table": getattr(self.queries, name).source.fullname,
+                        "table": feed.table_names,
                         "rows": feed.late_rows - logged_rows,
                         "lateness": round(feed.latest_lateness, 3),
                         "settle_time": self.config.settle_time,
@@ -427,14 +477,12 @@ class StoreReader:
         pending: dict[Series, int] = dict.fromkeys(self.labels.zero_filled(), 0)
         oldest: dict[Series, float] = {}
         future = 0
-        for raw_object, raw_operation, raw_direction, count, first, ahead in connection.execute(
-            self.queries.backlog(db_now)
-        ):
-            series = self.labels.series(raw_object, raw_operation, raw_direction)
-            pending[series] = pending.get(series, 0) + int(count)
-            future += int(ahead or 0)
-            if first is not None:
-                oldest[series] = min(float(first), oldest.get(series, float(first)))
+        for row in map(self.queries.backlog_row, connection.execute(self.queries.backlog(db_now))):
+            series = self.labels.series(row.object, row.operation, row.direction)
+            pending[series] = pending.get(series, 0) + row.pending
+            future += row.future
+            if row.oldest is not None:
+                oldest[series] = min(row.oldest, oldest.get(series, row.oldest))
         backlog = {series: Backlog(count, oldest.get(series)) for series, count in pending.items()}
         return backlog, future
 
@@ -442,17 +490,18 @@ class StoreReader:
 def make_engine(config: StoreConfig) -> Engine:
     """An engine with one connection, checked before use and bounded by the query timeout."""
     url = read_only_sqlite(config.database_url())
+    dialect: Dialect = dialect_for(url.get_backend_name())
     pool: dict[str, Any] = {}
-    if url.get_backend_name() != "sqlite":
+    if dialect.name != "sqlite":
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": config.query_timeout}
     engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_recycle=3600,
-        connect_args=connect_arguments(url.drivername, config.query_timeout),
+        connect_args=dialect.connect_arguments(config.query_timeout),
         **pool,
     )
-    configure_engine(engine, config.query_timeout)
+    dialect.configure(engine, config.query_timeout)
     return engine
 
 

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -87,7 +87,44 @@ SqlName = Annotated[str, AfterValidator(_check_identifier)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, populate_by_name=True
+    )
+
+
+def _values_list(value: object) -> object:
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+StoreValues = Annotated[tuple[str, ...], BeforeValidator(_values_list), Field(min_length=1)]
+
+DEFAULT_ERROR_CODE_PATTERN = r"^\s*([A-Za-z][A-Za-z0-9_]*)\s*:"
+"""The code of a message written `CODE: text`, e.g. `UNABLE_TO_LOCK_ROW: unable to obtain...`."""
+
+
+def _check_pattern(value: str) -> str:
+    try:
+        compiled = re.compile(value)
+    except re.error as error:
+        raise ValueError(f"{value!r} is not a regular expression: {error}") from None
+    if compiled.groups < 1:
+        raise ValueError(
+            f"{value!r} has no group: put the code in parentheses, "
+            f"e.g. {DEFAULT_ERROR_CODE_PATTERN}"
+        )
+    return value
+
+
+ErrorCodePattern = Annotated[str, AfterValidator(_check_pattern)]
+
+
+class RowFilter(_Frozen):
+    """The rows of a table that play a role: those whose ``column`` holds one of ``values``."""
+
+    column: SqlName
+    values: StoreValues
 
 
 class _Table(_Frozen):
@@ -103,33 +140,45 @@ class QueueTable(_Table):
     direction: SqlName = "direction"
     enqueued_at: SqlName = "enqueued_at"
     record_id: SqlName = "record_id"
+    filter: RowFilter | None = None
+    # A queue row that says its last attempt failed: a retry count above 0, or a last error.
+    retries: SqlName | None = None
+    last_error: SqlName | None = None
+    error_code_pattern: ErrorCodePattern = DEFAULT_ERROR_CODE_PATTERN
 
 
 class HistoryTable(_Table):
-    """Changes synced successfully, append-only (reference: ``sync_history``)."""
+    """Changes synced successfully (reference: ``sync_history``, append-only)."""
 
     table: SqlName = "sync_history"
+    # Rows move from ``table`` into it (same id and timestamp) once processed.
+    archive_table: SqlName | None = None
     id: SqlName = "id"
     object_type: SqlName = "object_type"
     operation: SqlName = "operation"
     direction: SqlName = "direction"
     enqueued_at: SqlName = "enqueued_at"
     synced_at: SqlName = "synced_at"
+    filter: RowFilter | None = None
 
 
 class ErrorTable(_Table):
-    """Failed attempts, append-only (reference: ``sync_error``)."""
+    """Failed attempts (reference: ``sync_error``, append-only)."""
 
     table: SqlName = "sync_error"
+    archive_table: SqlName | None = None
     id: SqlName = "id"
     object_type: SqlName = "object_type"
     operation: SqlName = "operation"
     direction: SqlName = "direction"
-    error_code: SqlName = "error_code"
+    # None: the code is taken from the message by ``error_code_pattern``.
+    error_code: SqlName | None = "error_code"
+    error_code_pattern: ErrorCodePattern = DEFAULT_ERROR_CODE_PATTERN
     failed_at: SqlName = "failed_at"
     record_id: SqlName = "record_id"
-    record_name: SqlName = "record_name"
+    record_name: SqlName | None = "record_name"
     error_message: SqlName = "error_message"
+    filter: RowFilter | None = None
 
 
 class SingleTable(_Table):
@@ -142,21 +191,13 @@ class SingleTable(_Table):
     operation: SqlName = "operation"
     direction: SqlName = "direction"
     record_id: SqlName = "record_id"
-    record_name: SqlName = "record_name"
+    record_name: SqlName | None = "record_name"
     enqueued_at: SqlName = "enqueued_at"
     synced_at: SqlName = "synced_at"
     failed_at: SqlName = "failed_at"
-    error_code: SqlName = "error_code"
+    error_code: SqlName | None = "error_code"
+    error_code_pattern: ErrorCodePattern = DEFAULT_ERROR_CODE_PATTERN
     error_message: SqlName = "error_message"
-
-
-def _values_list(value: object) -> object:
-    if isinstance(value, str):
-        return [value]
-    return value
-
-
-StoreValues = Annotated[tuple[str, ...], BeforeValidator(_values_list), Field(min_length=1)]
 
 
 class StatusValues(_Frozen):
@@ -179,14 +220,39 @@ class StatusValues(_Frozen):
         return self
 
 
+def _check_label_value(value: str | None) -> str | None:
+    if value is not None and (not _LABEL_VALUE.fullmatch(value) or value == "other"):
+        raise ValueError(
+            f"{value!r} is not a usable label value (lower-case letters, digits, _.:-; "
+            "'other' is reserved)"
+        )
+    return value
+
+
+LabelValue = Annotated[str | None, AfterValidator(_check_label_value)]
+
+
+class Constants(_Frozen):
+    """Label values for a store without the column: one object, only upserts, one direction."""
+
+    object_type: LabelValue = None
+    operation: LabelValue = None
+    direction: LabelValue = None
+
+
 class StoreMapping(_Frozen):
     """How a real store maps onto the reference store."""
 
     queue: QueueTable = QueueTable()
-    history: HistoryTable = HistoryTable()
-    errors: ErrorTable = ErrorTable()
+    # None: the store keeps no such table; the metrics it feeds are absent.
+    history: HistoryTable | None = HistoryTable()
+    errors: ErrorTable | None = ErrorTable()
     single_table: SingleTable | None = None
     status_values: StatusValues = StatusValues()
+    constants: Constants = Constants()
+    # Waiting changes with an error row for the same record newer than their queue row
+    # (crmsync_failing_records); wants an index on the errors' (record_id, failed_at).
+    failing_from_errors: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -199,6 +265,66 @@ class StoreMapping(_Frozen):
                     "a store has either three tables or one"
                 )
         return data
+
+    def roles(self) -> tuple[QueueTable, HistoryTable | None, ErrorTable | None]:
+        """Where waiting changes, synced changes and failed attempts live, whatever the layout.
+
+        A status table is the three roles of one table, told apart by status.
+        """
+        single = self.single_table
+        if single is None:
+            return self.queue, self.history, self.errors
+        statuses = self.status_values
+
+        def status(values: tuple[str, ...]) -> RowFilter:
+            return RowFilter(column=single.status, values=values)
+
+        labels = {
+            "table": single.table,
+            "object_type": single.object_type,
+            "operation": single.operation,
+            "direction": single.direction,
+        }
+        queue = QueueTable(
+            **labels,
+            enqueued_at=single.enqueued_at,
+            record_id=single.record_id,
+            filter=status(statuses.pending),
+        )
+        history = HistoryTable(
+            **labels,
+            id=single.id,
+            enqueued_at=single.enqueued_at,
+            synced_at=single.synced_at,
+            filter=status(statuses.synced),
+        )
+        errors = ErrorTable(
+            **labels,
+            id=single.id,
+            error_code=single.error_code,
+            error_code_pattern=single.error_code_pattern,
+            failed_at=single.failed_at,
+            record_id=single.record_id,
+            record_name=single.record_name,
+            error_message=single.error_message,
+            filter=status(statuses.failed),
+        )
+        return queue, history, errors
+
+    @model_validator(mode="after")
+    def _failing_source(self) -> Self:
+        if not self.failing_from_errors:
+            return self
+        if self.single_table is not None:
+            raise ValueError(
+                "failing_from_errors needs an errors table apart from the queue "
+                "(a status table keeps one row per change)"
+            )
+        if self.errors is None:
+            raise ValueError("failing_from_errors needs an errors table")
+        if self.errors.archive_table is not None:
+            raise ValueError("failing_from_errors reads one errors table: not with archive_table")
+        return self
 
 
 def _label_mapping(value: object) -> object:
@@ -249,6 +375,12 @@ class StoreConfig(_Frozen):
     max_error_codes: int = Field(default=50, ge=1, le=10_000)
     # Whose clock hours crmsync_records_synced_last_hour counts (an IANA name).
     last_hour_time_zone: str = "UTC"
+    # The zone whose wall-clock time the store's timestamp columns without a zone hold.
+    naive_time_zone: str = "UTC"
+    # A named mapping of a well-known engine's store (see exporter.presets).
+    preset: Literal["heroku-connect"] | None = None
+    # Where table names without a schema are looked up (the connection's default if unset).
+    schema_: SqlName | None = Field(default=None, alias="schema")
     # Where a person opens a failed record in the CRM: the dashboards link each record there.
     crm_record_url: str | None = None
     mapping: StoreMapping = StoreMapping()
@@ -272,7 +404,16 @@ class StoreConfig(_Frozen):
             ) from None
         return value
 
-    @field_validator("last_hour_time_zone")
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("preset") is not None:
+            from exporter.presets import apply_preset
+
+            return apply_preset(dict(data))
+        return data
+
+    @field_validator("last_hour_time_zone", "naive_time_zone")
     @classmethod
     def _time_zone(cls, value: str) -> str:
         time_zone(value)
@@ -316,6 +457,17 @@ class StoreConfig(_Frozen):
             raise ValueError(
                 f"{len(self.objects)} objects are listed but max_objects is {self.max_objects}"
             )
+        constants = self.mapping.constants
+        for key, constant in (
+            ("objects", constants.object_type),
+            ("operations", constants.operation),
+            ("directions", constants.direction),
+        ):
+            if constant is not None and key in self.model_fields_set:
+                raise ValueError(
+                    f"{key} has no effect where mapping.constants gives the label "
+                    f"({constant!r}): leave one of them out"
+                )
         return self
 
     def database_url(self) -> URL:
@@ -348,6 +500,10 @@ class StoreConfig(_Frozen):
     @property
     def last_hour_zone(self) -> ZoneInfo:
         return time_zone(self.last_hour_time_zone)
+
+    @property
+    def naive_zone(self) -> ZoneInfo:
+        return time_zone(self.naive_time_zone)
 
     def display_url(self) -> str:
         """The URL for logs and messages, never with its password."""
@@ -458,9 +614,11 @@ def load_config(path: Path) -> Config:
 __all__ = [
     "Config",
     "ConfigError",
+    "Constants",
     "ErrorTable",
     "HistoryTable",
     "QueueTable",
+    "RowFilter",
     "SingleTable",
     "StatusValues",
     "StoreConfig",

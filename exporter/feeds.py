@@ -34,11 +34,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection, Select
 
-from exporter.queries import ChangeFeedQueries
-
-AnyRow = Row[*tuple[Any, ...]]
+from exporter.queries import ChangeFeedQueries, FeedRow
 
 # On start (and when ids go backwards), the rows with ids this close to the newest are read
 # one by one: transactions still open at that moment leave gaps that are watched.
@@ -51,7 +49,7 @@ MAX_OPEN_GAPS = 10_000
 class FeedSink(Protocol):
     """Where a feed delivers the rows it counts."""
 
-    def add_row(self, row: AnyRow) -> None:
+    def add_row(self, row: FeedRow) -> None:
         """One row that became visible since the previous read."""
 
 
@@ -108,6 +106,7 @@ class IdFeed:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._queries = queries
+        self.table_names = queries.table_names
         self._sink = sink
         self._settle_time = settle_time
         self._clock = clock
@@ -148,7 +147,7 @@ class IdFeed:
         if self._last_id == 0:
             return False  # nothing read yet: the table was empty at start
         row = connection.execute(self._queries.row_moment(self._last_id)).first()
-        return row is None or _moment(row) != self._last_moment
+        return row is None or self._queries.read_moment(row.moment) != self._last_moment
 
     def _take_position(
         self, connection: Connection, newest: int, count_since: float | None
@@ -163,15 +162,15 @@ class IdFeed:
         low = max(0, newest - TAIL_IDS)
         now = self._clock()
         expected = low + 1
-        rows: Iterable[AnyRow] = ()
+        rows: Iterable[FeedRow] = ()
         if newest > low:
-            rows = connection.execute(self._queries.rows_in_ranges([(low + 1, newest)])).all()
-        for row in sorted(rows, key=lambda row: int(row[0])):
-            row_id = int(row[0])
+            rows = self._rows(connection, self._queries.rows_in_ranges([(low + 1, newest)]))
+        for row in sorted(rows, key=lambda row: row.id):
+            row_id = row.id
             if row_id > expected:
                 self.gaps.open(expected, row_id - 1, now)
             expected = row_id + 1
-            moment = _moment(row)
+            moment = row.moment
             if (
                 count_since is not None
                 and moment is not None
@@ -189,29 +188,30 @@ class IdFeed:
         ranges = self.gaps.ranges()
         for start in range(0, len(ranges), GAP_RANGES_PER_QUERY):
             chunk = ranges[start : start + GAP_RANGES_PER_QUERY]
-            rows = connection.execute(self._queries.rows_in_ranges(chunk)).all()
-            for row in rows:
-                if self.gaps.fill(row[0]):
-                    self._deliver(int(row[0]), row)
+            for row in self._rows(connection, self._queries.rows_in_ranges(chunk)):
+                if self.gaps.fill(row.id):
+                    self._deliver(row)
 
     def _read_new(self, connection: Connection) -> None:
         assert self._last_id is not None
         while True:
-            rows = connection.execute(self._queries.rows_after(self._last_id, PAGE_ROWS)).all()
+            rows = self._rows(connection, self._queries.rows_after(self._last_id, PAGE_ROWS))
             now = self._clock()
             for row in rows:
-                row_id = int(row[0])
-                if row_id > self._last_id + 1:
-                    self.gaps.open(self._last_id + 1, row_id - 1, now)
-                self._last_id = row_id
-                self._last_moment = _moment(row)
-                self._deliver(row_id, row)
+                if row.id > self._last_id + 1:
+                    self.gaps.open(self._last_id + 1, row.id - 1, now)
+                self._last_id = row.id
+                self._last_moment = row.moment
+                self._deliver(row)
             if len(rows) < PAGE_ROWS:
                 return
 
-    def _deliver(self, row_id: int, row: AnyRow) -> None:
+    def _rows(self, connection: Connection, statement: Select[Any]) -> list[FeedRow]:
+        return [self._queries.decode(row) for row in connection.execute(statement)]
+
+    def _deliver(self, row: FeedRow) -> None:
         self._sink.add_row(row)
-        self._remember(row_id, _moment(row))
+        self._remember(row.id, row.moment)
 
     def _remember(self, row_id: int, moment: float | None) -> None:
         if moment is None:
@@ -223,10 +223,16 @@ class IdFeed:
 
 
 class MomentFeed:
-    """Rows that reached a status, found by the timestamp they carry for it."""
+    """Rows that reached a status, found by the timestamp they carry for it.
+
+    Where rows move on to an archive table (with their id and timestamp), both tables are
+    read in one statement: a row is in one of them in its snapshot, and a row read from the
+    table and later from the archive has the same key, so it is counted once.
+    """
 
     def __init__(self, queries: ChangeFeedQueries, sink: FeedSink, settle_time: float) -> None:
         self._queries = queries
+        self.table_names = queries.table_names
         self._sink = sink
         self._settle_time = settle_time
         self._since: datetime | None = None
@@ -243,11 +249,12 @@ class MomentFeed:
         first = self._since is None
         # Never back: a database clock set back must not bring forgotten rows in again.
         since = lookback if self._since is None else max(self._since, lookback)
-        for row in connection.execute(self._queries.rows_since(since)):
-            moment = _moment(row)
+        for raw in connection.execute(self._queries.rows_since(since)):
+            row = self._queries.decode(raw)
+            moment = row.moment
             if moment is None:
                 continue  # text that is no timestamp (SQLite): cannot be placed in time
-            key = (row[0], moment)
+            key = (row.id, moment)
             if key in self._seen:
                 continue
             self._seen[key] = moment
@@ -261,11 +268,6 @@ class MomentFeed:
         # Keep a second's margin: the SQL bound and these floats may round differently.
         horizon = since.replace(tzinfo=UTC).timestamp() - 1.0
         self._seen = {key: moment for key, moment in self._seen.items() if moment >= horizon}
-
-
-def _moment(row: AnyRow) -> float | None:
-    moment = row.moment
-    return None if moment is None else float(moment)
 
 
 def utc_datetime(epoch: float) -> datetime:

@@ -74,15 +74,41 @@ class MappedLabel:
         return len(self._unmapped)
 
 
+class FixedLabel:
+    """The one label value of a store without the column (``mapping.constants``)."""
+
+    folded = 0
+
+    def __init__(self, value: str) -> None:
+        self.values = (value,)
+
+    def __call__(self, _raw: object) -> str:
+        return self.values[0]
+
+
 class StoreLabels:
     """Every label decision for one store."""
 
     def __init__(self, config: StoreConfig) -> None:
-        self.objects = CappedLabel(config.max_objects, preset=config.objects)
-        self.operations = MappedLabel(config.operations)
-        self.directions = MappedLabel(config.directions)
-        self.error_codes = CappedLabel(config.max_error_codes, lower=False)
+        constants = config.mapping.constants
+        self.objects: CappedLabel | FixedLabel = CappedLabel(
+            config.max_objects, preset=config.objects
+        )
         self.configured_objects = config.objects
+        if constants.object_type is not None:
+            self.objects = FixedLabel(constants.object_type)
+            self.configured_objects = (constants.object_type,)
+        self.operations: MappedLabel | FixedLabel = (
+            MappedLabel(config.operations)
+            if constants.operation is None
+            else FixedLabel(constants.operation)
+        )
+        self.directions: MappedLabel | FixedLabel = (
+            MappedLabel(config.directions)
+            if constants.direction is None
+            else FixedLabel(constants.direction)
+        )
+        self.error_codes = CappedLabel(config.max_error_codes, lower=False)
 
     def series(self, raw_object: object, raw_operation: object, raw_direction: object) -> Series:
         return (

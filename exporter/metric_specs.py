@@ -117,6 +117,12 @@ LAST_HOUR = MetricSpec(
     ("store", "object", "direction"),
     "Changes synced in the previous full clock hour.",
 )
+FAILING = MetricSpec(
+    "crmsync_failing_records",
+    "gauge",
+    (*SERIES, "error_code"),
+    "Changes waiting in the queue whose last attempt failed, where the store can tell.",
+)
 UP = MetricSpec(
     "crmsync_up", "gauge", ("store",), "1 when the last collection from the store succeeded."
 )

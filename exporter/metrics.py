@@ -66,6 +66,7 @@ def _store_families(states: Sequence[StoreState], now: float) -> Iterator[Metric
     errors = specs.ERRORS.counter()
     latency = specs.LATENCY.histogram()
     future = specs.FUTURE_ROWS.gauge()
+    failing = specs.FAILING.gauge()
     for state in states:
         store = state.store
         gauges = state.gauges
@@ -81,6 +82,8 @@ def _store_families(states: Sequence[StoreState], now: float) -> Iterator[Metric
                 last_hour_start.add_metric([store], gauges.last_hour_start)
             for table_role, count in gauges.future_rows.items():
                 future.add_metric([store, table_role], count)
+            for error_series, count in (gauges.failing or {}).items():
+                failing.add_metric([store, *error_series], count)
         totals = state.totals
         for series, count in totals.synced.items():
             synced.add_metric([store, *series], count)
@@ -93,6 +96,7 @@ def _store_families(states: Sequence[StoreState], now: float) -> Iterator[Metric
                 sum_value=histogram.sum,
             )
     yield from (pending, oldest, last_hour, last_hour_start, synced, errors, latency, future)
+    yield failing
 
 
 def _self_families(states: Sequence[StoreState], now: float) -> Iterator[Metric]:

@@ -27,7 +27,7 @@ from crmsync_testing.helpers import (
     series_total,
     store_config,
 )
-from exporter.dialects import Comparison, compare_instant
+from exporter.dialects import Comparison, SQLite
 from exporter.queries import StoreQueries, build_queries
 from exporter.schema import create_reference_schema, sync_history
 
@@ -393,7 +393,7 @@ def test_sqlite_compares_text_stamps_as_instants(sqlite_url: str) -> None:
     with engine.connect() as connection:
         for comparison, holds in COMPARISONS.items():
             for moment in (*bounds, HOUR_END.replace(tzinfo=None)):
-                condition = compare_instant("sqlite", history.synced_at, comparison, moment)
+                condition = SQLite().compare_instant(history.synced_at, comparison, moment)
                 found = connection.execute(sa.select(history.id).where(condition)).scalars()
                 expected = [
                     index + 1
@@ -407,14 +407,17 @@ def test_sqlite_compares_text_stamps_as_instants(sqlite_url: str) -> None:
 def test_sqlite_windows_are_read_through_the_timestamp_index(sqlite_url: str) -> None:
     engine = sa.create_engine(sqlite_url)
     create_reference_schema(engine)
-    queries = build_queries(store_config(sqlite_url), "sqlite")
+    queries = build_queries(store_config(sqlite_url), SQLite())
     start, end = HOUR_START.replace(tzinfo=None), HOUR_END.replace(tzinfo=None)
-    expected = {
+    assert queries.history is not None
+    future_rows = queries.future_rows(DB_NOW.timestamp())
+    assert future_rows is not None
+    expected: dict[Any, str] = {
         queries.synced_between(
             start, end
         ): "ix_sync_history_synced_at (synced_at>? AND synced_at<?)",
         queries.history.rows_since(start): "ix_sync_history_synced_at (synced_at>?)",
-        queries.future_rows(DB_NOW.timestamp()): "ix_sync_error_failed_at (failed_at>?)",
+        future_rows: "ix_sync_error_failed_at (failed_at>?)",
     }
     with engine.connect() as connection:
         for statement, index_range in expected.items():

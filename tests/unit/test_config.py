@@ -20,7 +20,9 @@ def test_the_minimal_configuration_describes_the_reference_store() -> None:
     assert store.interval == 15.0
     assert store.objects == ("lead", "contact", "account", "opportunity")
     assert store.mapping.queue.table == "sync_queue"
+    assert store.mapping.history is not None
     assert store.mapping.history.synced_at == "synced_at"
+    assert store.mapping.errors is not None
     assert store.mapping.errors.error_code == "error_code"
     assert store.mapping.single_table is None
 

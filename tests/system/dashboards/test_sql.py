@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,7 @@ from crmsync_testing.failed_records import (
     RANGE,
     TIMESTAMP,
     TOP_CODES,
+    Failure,
     epoch_ms,
     expected_failures,
     failures,
@@ -62,7 +64,7 @@ from crmsync_testing.grafana_server import (
 )
 from crmsync_testing.helpers import queue_table
 from crmsync_tools.dashboards import Json, Options, build_dashboards
-from exporter.config import StoreConfig, parse_config
+from exporter.config import DEFAULT_ERROR_CODE_PATTERN, StoreConfig, parse_config
 from exporter.labels import label_text
 from exporter.schema import create_reference_schema, sync_error, sync_queue
 
@@ -215,6 +217,99 @@ def _fill_mapped(engine: sa.Engine) -> None:
                 for row in failures()
             ],
         )
+
+
+TRIGGER_LOG = """
+stores:
+  - name: capture
+    url: 'postgresql+psycopg://u@h/db'
+    operations: {insert: [INSERT], update: [UPDATE]}
+    mapping:
+      constants: {direction: to_crm}
+      queue:
+        table: hc_log
+        object_type: table_name
+        operation: action
+        enqueued_at: created_at
+        filter: {column: state, values: [NEW, PENDING]}
+      history:
+        table: hc_log
+        archive_table: hc_log_archive
+        object_type: table_name
+        operation: action
+        enqueued_at: created_at
+        synced_at: processed_at
+        filter: {column: state, values: [SUCCESS]}
+      errors:
+        table: hc_log
+        archive_table: hc_log_archive
+        object_type: table_name
+        operation: action
+        record_name: null
+        error_code: null
+        error_message: sf_message
+        failed_at: processed_at
+        filter: {column: state, values: [FAILED]}
+"""
+CODE_IN_MESSAGE = re.compile(DEFAULT_ERROR_CODE_PATTERN)
+
+
+def trigger_log_store() -> StoreConfig:
+    return parse_config(TRIGGER_LOG).stores[0]
+
+
+def trigger_log_failures() -> list[Failure]:
+    """The failures as a trigger log keeps them: the code in the message, one direction."""
+    rows = []
+    for row in failures():
+        message = f"{row.error_code}: {row.error_message}"
+        found = CODE_IN_MESSAGE.search(message)
+        rows.append(
+            replace(
+                row,
+                record_name=None,
+                direction="to_crm",
+                error_code=found.group(1) if found else "unknown",
+                error_message=message,
+            )
+        )
+    return rows
+
+
+def _fill_trigger_log(engine: sa.Engine) -> None:
+    """The failures again in a trigger log and its archive (odd ids archived), some synced."""
+    metadata = sa.MetaData()
+    tables = [
+        sa.Table(
+            name,
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("state", sa.String(8)),
+            sa.Column("action", sa.String(7)),
+            sa.Column("table_name", sa.String(128)),
+            sa.Column("record_id", sa.String(64)),
+            sa.Column("created_at", TIMESTAMP),
+            sa.Column("processed_at", TIMESTAMP, nullable=True),
+            sa.Column("sf_message", sa.Text, nullable=True),
+        )
+        for name in ("hc_log", "hc_log_archive")
+    ]
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        for row in trigger_log_failures():
+            connection.execute(
+                tables[row.id % 2].insert(),
+                {
+                    "id": row.id,
+                    "state": "FAILED" if row.id % 5 else "SUCCESS",
+                    "action": row.operation.upper(),
+                    "table_name": row.object,
+                    "record_id": row.record_id,
+                    "created_at": row.failed_at - timedelta(minutes=1),
+                    "processed_at": row.failed_at,
+                    "sf_message": row.error_message if row.id % 5 else None,
+                },
+            )
 
 
 @dataclass(frozen=True)
@@ -407,6 +502,7 @@ def stores(sql_server: tuple[sa.Engine, SqlDialect]) -> Iterator[dict[str, Store
     with ExitStack() as opened:
         main = _fill_reference(engine, dialect)
         _fill_mapped(engine)
+        _fill_trigger_log(engine)
         found = {"main": main}
         found["odd"] = _fill_odd(
             store_engine(opened.enter_context(empty_database(dialect)), dialect), dialect
@@ -466,6 +562,11 @@ MAPPED_CASES = [
     ),
     State("search", url(("search", "O'Brien")), {"search": "O'Brien"}),
 ]
+TRIGGER_CASES = [
+    State("default", ""),
+    State("updates", url(("operation", "update")), {"operations": ("update",)}),
+    State("a code", url(("error_code", "DUPLICATE_VALUE")), {"codes": ("DUPLICATE_VALUE",)}),
+]
 # Typed into the search box: ends the literal where backslashes escape, if it is not encoded.
 TYPED = "\\' OR 1=1 -- "
 
@@ -501,6 +602,7 @@ def cases(dialect: SqlDialect) -> list[Case]:
     built = build_dashboards(reference_store(), Options(dialect=dialect, page_size=10))
     paged = next(d for d in built.values() if d["uid"] == "crmsync-errors")
     mapped = dashboards(mapped_store(), dialect)["crmsync-errors"]
+    trigger_log = dashboards(trigger_log_store(), dialect)["crmsync-errors"]
     browse = (FAILED, MATCHING)
     empty: dict[str, list[str]] = {name: [] for name in LABELS}
     return [
@@ -517,6 +619,7 @@ def cases(dialect: SqlDialect) -> list[Case]:
         Case("sqlstring", sqlstring_probe(dialect), url(("search", TYPED))),
         *[Case(f"oldest {i}", detail, url(*pairs)) for i, pairs in enumerate(OLDEST_CASES)],
         *[Case(f"mapped {s.name}", mapped, s.url, (FAILED,)) for s in MAPPED_CASES],
+        *[Case(f"trigger log {s.name}", trigger_log, s.url, (FAILED,)) for s in TRIGGER_CASES],
         *[
             Case(f"{kind} {v}={value}", errors, url((v, value)), (FAILED,), "odd", reported)
             for kind, (reported, label_cases) in REPORTS.items()
@@ -796,6 +899,19 @@ def test_a_mapped_single_table_store_gets_sql_that_fits_it(answered: dict[str, R
     sql = answered["mapped default"].panel(FAILED).texts()[0]
     assert "sync_error" not in sql
     assert "crm_change" in sql
+
+
+def test_a_trigger_log_with_an_archive_gets_sql_that_fits_it(
+    answered: dict[str, Result],
+) -> None:
+    """Both tables read, the code taken from the message, the one direction, no record name."""
+    failed = [row for row in trigger_log_failures() if row.id % 5]
+    assert {row.error_code for row in failed} >= {"DUPLICATE_VALUE", "unknown"}
+    for case in TRIGGER_CASES:
+        filters = {"codes": (*CODES, "unknown"), **case.filters}
+        expected = expected_failures(failed, **filters)
+        assert expected
+        assert table_rows(answered[f"trigger log {case.name}"], FAILED) == expected
 
 
 @pytest.mark.parametrize(

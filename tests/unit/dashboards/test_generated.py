@@ -41,6 +41,7 @@ def test_committed_dashboards_equal_the_generated_ones() -> None:
 def test_the_reference_configuration_is_the_reference_schema() -> None:
     store = load_config(REFERENCE_CONFIG).stores[0]
     assert store.mapping.single_table is None
+    assert store.mapping.errors is not None
     assert store.mapping.errors.table == "sync_error"
     assert store.mapping.queue.table == "sync_queue"
 
