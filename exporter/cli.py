@@ -26,11 +26,13 @@ from exporter import __version__, allocator
 from exporter.arguments import command_parser, setup_logging_from
 from exporter.collection import StoreReader
 from exporter.config import Config, ConfigError, load_config
+from exporter.connect_check import connect_check
 from exporter.dialects import UnsupportedDatabaseError
 from exporter.http import ExporterHTTPServer
 from exporter.runner import StoreRunner
 from exporter.sharding import Shard, ShardInfo
 from exporter.snapshot import LatestSnapshot
+from exporter.store_values import unconfirmed_defaults
 from exporter.web_config import WebConfig, load_web_config
 
 DEFAULT_PORT = 9312
@@ -57,6 +59,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         dest="config_check",
         action="store_true",
         help="validate the configuration (and web configuration), then exit",
+    )
+    parser.add_argument(
+        "--config.connect-check",
+        dest="connect_check",
+        action="store_true",
+        help="connect to each store (read-only), check the mapping against what the store "
+        "holds, print a report, then exit",
     )
     parser.add_argument(
         "--web.listen-address",
@@ -129,6 +138,8 @@ def build_runners(config: Config, shard: Shard) -> list[StoreRunner]:
             continue
         try:
             runners.append(StoreRunner(StoreReader(store)))
+        except ConfigError as error:  # a password that cannot be read
+            raise UsageError(f"stores[{index}].{'; '.join(error.problems)}") from None
         except (NoSuchModuleError, UnsupportedDatabaseError, ArgumentError) as error:
             raise UsageError(f"stores[{index}].url: {error}") from None
         except ModuleNotFoundError as error:
@@ -163,7 +174,19 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config_file)
     web_config = load_web_config(args.web_config_file) if args.web_config_file else WebConfig()
     shard = parse_shard(args.shard_index, args.shard_count)
+    if args.connect_check:
+        numbered = [(i, store) for i, store in enumerate(config.stores) if shard.keeps(store)]
+        code, report = connect_check(numbered, str(args.config_file))
+        print(report)
+        return code
     if args.config_check:
+        unconfirmed = [
+            f"stores[{index}].mapping.status_values: {reason}"
+            for index, store in enumerate(config.stores)
+            if (reason := unconfirmed_defaults(store)) is not None
+        ]
+        if unconfirmed:
+            raise ConfigError(str(args.config_file), unconfirmed)
         # Building the engines (without connecting) also checks drivers and password sources.
         for runner in build_runners(config, shard):
             runner.reader.close()

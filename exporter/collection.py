@@ -20,6 +20,7 @@ from exporter.feeds import FeedSink, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.queries import FeedRow, StoreQueries, build_queries
+from exporter.store_values import StatusWatch
 from exporter.tally import CountsBySeries, Debuts, HistogramValue, LatencyTally
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class Watchdog:
     The server ends slow statements itself; this bounds what it cannot: a network that
     goes silent mid-statement, where a driver without a read timeout waits forever.
     Its thread lives only while a cycle runs: at most one per store, and nothing that
-    keeps an idle collector alive.
+    keeps an idle reader alive.
     """
 
     def __init__(self, silence: float, abort: Callable[[], None], name: str) -> None:
@@ -280,6 +281,7 @@ class StoreReader:
         self._error_debuts: Debuts[ErrorSeries] = Debuts(config.new_counter_hold)
         self._late_logged: dict[str, tuple[float, int]] = {}
         self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
+        self._status_watch = StatusWatch(config, clock)
         self._failing_seen: set[ErrorSeries] = set()
         # Long enough for any statement the server lets run (query_timeout) and its result.
         self._watchdog = Watchdog(
@@ -358,6 +360,8 @@ class StoreReader:
         ):
             with steps.run("reading the database clock", timed="backlog"):
                 db_now = float(connection.execute(queries.now()).scalar_one())
+            with steps.run("reading the recent status values"):
+                self._status_watch.check(connection)
             with steps.run(
                 f"reading the backlog from {queries.queue_source.fullname}", timed="backlog"
             ):

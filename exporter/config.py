@@ -22,9 +22,9 @@ from pydantic import (
     model_validator,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from exporter.durations import parse_duration
+from exporter.hints import type_problem, unreadable, url_problem
 
 # Table and column names are put into SQL (quoted); anything beyond a plain identifier,
 # optionally schema-qualified, is refused outright rather than trusted to quoting.
@@ -395,13 +395,9 @@ class StoreConfig(_Frozen):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        try:
-            make_url(value)
-        except ArgumentError:
-            # The URL itself is not echoed: it may carry a password.
-            raise ValueError(
-                "not a SQLAlchemy database URL (e.g. postgresql+psycopg://user@host:5432/db)"
-            ) from None
+        problem = url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="before")
@@ -477,7 +473,11 @@ class StoreConfig(_Frozen):
             password = os.environ.get(self.password_env)
             if password is None:
                 raise ConfigError(
-                    f"store {self.name!r}", [f"environment variable {self.password_env} is not set"]
+                    f"store {self.name!r}",
+                    [
+                        f"password_env: environment variable {self.password_env} is not set "
+                        "(set it in the exporter's environment, or use password_file)"
+                    ],
                 )
             return url.set(password=password)
         if self.password_file is not None:
@@ -486,14 +486,12 @@ class StoreConfig(_Frozen):
             except (OSError, ValueError) as error:
                 # Never the decoding error's text: it quotes bytes of the secret.
                 if isinstance(error, UnicodeDecodeError):
-                    reason = "not UTF-8 text"
+                    reason = f"{self.password_file} is not UTF-8 text"
                 elif isinstance(error, OSError):
-                    reason = error.strerror or str(error)
+                    reason = unreadable(self.password_file, error)
                 else:
-                    reason = str(error)
-                raise ConfigError(
-                    f"store {self.name!r}", [f"password_file {self.password_file}: {reason}"]
-                ) from None
+                    reason = f"cannot read {self.password_file!r}: {error}"
+                raise ConfigError(f"store {self.name!r}", [f"password_file: {reason}"]) from None
             return url.set(password=password)
         return url
 
@@ -578,7 +576,11 @@ def validation_problem(error: Mapping[str, Any]) -> str:
         return f"{_key_path(location)}: unknown key"
     if error["type"] == "missing":
         return f"{_key_path(location)}: required key is missing"
-    return f"{_key_path(location)}: {message}"
+    if error["type"] == "value_error":
+        return f"{_key_path(location)}: {message}"
+    keys = [part for part in location if isinstance(part, str)]
+    key = keys[-1] if keys else ""
+    return f"{_key_path(location)}: {type_problem(error['type'], message, error.get('input'), key)}"
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -605,9 +607,9 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise ConfigError(str(path), [f"cannot read the file: {error.strerror}"]) from None
+        raise ConfigError(str(path), [f"--config.file: {unreadable(path, error)}"]) from None
     except UnicodeDecodeError:
-        raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
+        raise ConfigError(str(path), [f"--config.file: {path} is not UTF-8 text"]) from None
     return parse_config(text, str(path))
 
 

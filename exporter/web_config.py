@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from exporter.config import ConfigError, validation_problem
+from exporter.hints import unreadable
 
 ClientAuth = Literal[
     "NoClientCert",
@@ -75,7 +76,7 @@ def load_web_config(path: Path) -> WebConfig:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as error:
-        raise ConfigError(source, [f"cannot read the file: {error.strerror}"]) from None
+        raise ConfigError(source, [f"--web.config.file: {unreadable(path, error)}"]) from None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
         raise ConfigError(source, ["not valid YAML"]) from None
     try:
@@ -88,11 +89,44 @@ def load_web_config(path: Path) -> WebConfig:
         raise ConfigError(
             source, ["tls_server_config.client_ca_file: required to verify client certificates"]
         )
+    if tls is not None:
+        _check_readable(source, tls)
     try:
         config.ssl_context()
-    except (OSError, ssl.SSLError, ValueError) as error:  # ValueError: a NUL in a path
+    except ssl.SSLError as error:
+        assert tls is not None  # only TLS loads files
+        files = f"{tls.cert_file}, {tls.key_file}" + (
+            f", {tls.client_ca_file}" if tls.client_ca_file else ""
+        )
+        raise ConfigError(
+            source,
+            [
+                f"tls_server_config: {files}: not PEM certificates and the certificate's key "
+                f"({error.reason or error})"
+            ],
+        ) from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in a path
         raise ConfigError(source, [f"tls_server_config: {error}"]) from None
     for user, hashed in config.basic_auth_users.items():
         if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             raise ConfigError(source, [f"basic_auth_users.{user}: not a bcrypt hash"])
     return config
+
+
+def _check_readable(source: str, tls: TlsServerConfig) -> None:
+    """Each file the TLS configuration names can be read: say which one cannot."""
+    for key in ("cert_file", "key_file", "client_ca_file"):
+        path = getattr(tls, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise ConfigError(
+                source, [f"tls_server_config.{key}: {unreadable(path, error)}"]
+            ) from None
+        except ValueError:  # a NUL in the path
+            raise ConfigError(
+                source, [f"tls_server_config.{key}: {str(path)!r} is not a usable path"]
+            ) from None

@@ -46,7 +46,7 @@ from exporter.config import ConfigError, RowFilter
             {"preset": "heroku-connect", "mapping": {"queue": {"table": "q"}}},
             "stores[0]: preset 'heroku-connect' maps the whole store: leave out mapping",
         ),
-        ({"preset": "heroku"}, "stores[0].preset: Input should be 'heroku-connect'"),
+        ({"preset": "heroku"}, "stores[0].preset: must be 'heroku-connect', not 'heroku'"),
         (
             {"naive_time_zone": "Europe/Berlim"},
             "stores[0].naive_time_zone: 'Europe/Berlim' is not an IANA time zone name",

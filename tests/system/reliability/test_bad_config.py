@@ -355,3 +355,150 @@ def test_names_that_are_sql_keywords_are_quoted(store_url: str) -> None:
         assert connection.execute(sa.select(sa.func.count()).select_from(RESERVED)).scalar() == 7
     RESERVED.drop(engine)
     engine.dispose()
+
+
+SUPPORTED = (
+    "postgresql+psycopg://user@host:5432/db, mysql+pymysql://user@host:3306/db "
+    "or sqlite:///path/to/store.db"
+)
+STORE = "stores:\n  - name: m\n    url: sqlite:///{dir}/store.db\n"
+EXACT_MESSAGES = [
+    (
+        "stores: [{name: m, url: 'postgres://exporter:s3cret@db:5432/sync'}]",
+        "stores[0].url: postgres://exporter:***@db:5432/sync: the scheme 'postgres://' is not "
+        "SQLAlchemy's; write postgresql+psycopg://exporter:***@db:5432/sync",
+    ),
+    (
+        "stores: [{name: m, url: 'mysql://exporter@db/sync'}]",
+        "stores[0].url: mysql://exporter@db/sync: names no driver, and SQLAlchemy's default for "
+        "mysql is not installed; write mysql+pymysql://exporter@db/sync",
+    ),
+    (
+        "stores: [{name: m, url: 'postgresql://exporter@db/sync'}]",
+        "stores[0].url: postgresql://exporter@db/sync: names no driver, and SQLAlchemy's default "
+        "for postgresql is not installed; write postgresql+psycopg://exporter@db/sync",
+    ),
+    (
+        "stores: [{name: m, url: 'postgresql+psycopg2://exporter@db/sync'}]",
+        "stores[0].url: postgresql+psycopg2://exporter@db/sync: the driver 'psycopg2' is not "
+        "supported; write postgresql+psycopg://exporter@db/sync",
+    ),
+    (
+        "stores: [{name: m, url: 'mssql+pyodbc://exporter@db/sync'}]",
+        f"stores[0].url: mssql+pyodbc://exporter@db/sync: database 'mssql' is not supported; "
+        f"use {SUPPORTED}",
+    ),
+    (
+        "stores: [{name: m, url: 'oracle://exporter@db/sync'}]",
+        f"stores[0].url: oracle://exporter@db/sync: database 'oracle' is not supported; "
+        f"use {SUPPORTED}",
+    ),
+    (
+        "stores: [{name: m, url: 'db.example.com:5432'}]",
+        f"stores[0].url: not a database URL (no scheme://); use {SUPPORTED}",
+    ),
+    (
+        "stores: [{name: m, url: 'postgresql+psycopg://u:pw@db:port/sync'}]",
+        f"stores[0].url: not a database URL (a malformed host, port or query?); use {SUPPORTED}",
+    ),
+    (
+        STORE + "    objects: lead\n",
+        "stores[0].objects: a list is wanted, not 'lead'; write [lead] or one '- ' item per line",
+    ),
+    (
+        "stores: main\n",
+        "stores: a list is wanted, not 'main'; write [main] or one '- ' item per line",
+    ),
+    (
+        STORE + "    operations: insert\n",
+        "stores[0].operations: a mapping (key: value) is wanted, not 'insert'",
+    ),
+    (
+        STORE + "    max_objects: many\n",
+        "stores[0].max_objects: a whole number is wanted, not 'many'",
+    ),
+    (
+        STORE + "    max_objects: 0\n",
+        "stores[0].max_objects: must be greater than or equal to 1, not 0",
+    ),
+    (STORE + "    interval: -5\n", "stores[0].interval: must be greater than 0, not -5"),
+    (
+        STORE + "    interval: often\n",
+        "stores[0].interval: 'often' is not a duration (use seconds or e.g. 15s, 1m30s, 500ms)",
+    ),
+    (STORE + "    name: [m]\n", "stores[0].name: a text value is wanted, not a list"),
+    (
+        STORE + "    mapping: {single_table: {table: changes}}\n",
+        "stores[0].mapping.status_values: not set, and the defaults (pending: ['pending'], "
+        "synced: ['synced'], failed: ['failed']) are used only where the store holds no other "
+        "status: set mapping.status_values to the status column's values, or run "
+        "--config.connect-check, which confirms the defaults when they are all the store holds",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), EXACT_MESSAGES)
+def test_each_bad_configuration_has_its_exact_message(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(text.replace("{dir}", str(tmp_path)))
+    out, err = io.StringIO(), io.StringIO()
+    with isolated_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["--config.file", str(path), "--config.check"])
+    assert (code, err.getvalue()) == (1, f"invalid configuration {path}:\n  {problem}\n")
+
+
+def test_each_unreadable_file_is_named(tmp_path: Path) -> None:
+    """The file that cannot be read, by the key that names it, with the reason."""
+    missing = tmp_path / "missing"
+    (tmp_path / "empty.db").touch()
+    store = f"stores:\n  - name: m\n    url: sqlite:///{tmp_path}/empty.db\n"
+    cases = [
+        (
+            ["--config.file", str(missing)],
+            f"invalid configuration {missing}:\n"
+            f"  --config.file: cannot read {missing}: No such file or directory\n",
+        ),
+        (
+            ["--config.file", str(tmp_path)],
+            f"invalid configuration {tmp_path}:\n"
+            f"  --config.file: cannot read {tmp_path}: it is a directory, not a file\n",
+        ),
+        (
+            ["--config.file", "{config}", "--web.config.file", str(missing)],
+            f"invalid configuration {missing}:\n"
+            f"  --web.config.file: cannot read {missing}: No such file or directory\n",
+        ),
+        (
+            ["--config.file", "{config}", "--web.config.file", "{web}"],
+            "invalid configuration {web}:\n"
+            f"  tls_server_config.cert_file: cannot read {missing}.crt: "
+            "No such file or directory\n",
+        ),
+    ]
+    config = tmp_path / "config.yml"
+    config.write_text(store)
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {missing}.crt\n  key_file: {missing}.key\n")
+    for args, expected in cases:
+        filled = [arg.format(config=config, web=web) for arg in args]
+        out, err = io.StringIO(), io.StringIO()
+        with isolated_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([*filled, "--config.check"])
+        assert (code, err.getvalue()) == (1, expected.format(web=web))
+
+    for extra, message in (
+        (
+            f"    password_file: {missing}\n",
+            f"stores[0].password_file: cannot read {missing}: No such file or directory",
+        ),
+        (
+            "    password_env: CRMSYNC_NO_SUCH_VARIABLE\n",
+            "stores[0].password_env: environment variable CRMSYNC_NO_SUCH_VARIABLE is not set "
+            "(set it in the exporter's environment, or use password_file)",
+        ),
+    ):
+        postgres_store = "stores:\n  - name: m\n    url: postgresql+psycopg://u@h/d\n"
+        code, _, stderr = run_main(postgres_store + extra, "--config.check")
+        assert (code, stderr) == (1, f"crmsync-exporter: {message}\n")
