@@ -1,6 +1,6 @@
 """Collection cycles measured in-process: the first one, the steady ones, and the SQL floor.
 
-The exporter's ``StoreCollector`` runs here, in the benchmark's process, so that every
+The exporter's ``StoreReader`` runs here, in the benchmark's process, so that every
 statement it sends can be timed (a SQLAlchemy event) and replayed, with the same parameters,
 through the bare driver: that replay is the *floor*, the cost of the same aggregates with no
 exporter around them. Between steady cycles the store receives a trickle of new rows, as a
@@ -19,7 +19,7 @@ from typing import Any
 from benchmarks import pglog
 from crmsync_testing.filled_stores import Store, pg_connect
 from crmsync_testing.statements import Statement, StatementRecorder, classify
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.config import StoreConfig
 
 GAUGE_KINDS = frozenset({"clock", "backlog"})
@@ -122,16 +122,18 @@ class Marks:
             self.connection.close()
 
 
-def _run_cycle(collector: StoreCollector, recorder: StatementRecorder) -> Cycle:
+def _run_cycle(reader: StoreReader, recorder: StatementRecorder) -> Cycle:
     recorder.take()
     cpu = time.process_time()
     started = time.perf_counter()
-    collector.collect()
+    reading = reader.read()
     wall = time.perf_counter() - started
+    if reading.error is not None:
+        raise reading.error
     return Cycle(
         wall=wall,
         cpu=time.process_time() - cpu,
-        steps=dict(collector.query_seconds),
+        steps=reading.step_seconds,
         statements=recorder.take(),
     )
 
@@ -149,30 +151,30 @@ class Session:
         self._floor_pid = (
             self.floor.connection.info.backend_pid if store.dialect == "postgresql" else -1
         )
-        self._collector: StoreCollector | None = None
+        self._reader: StoreReader | None = None
         self._recorder: StatementRecorder | None = None
         self.error: str | None = None
         """Why a cycle of this store failed (the store is then left out)."""
 
     def first(self, runs: int, progress: Callable[[str], None]) -> None:
-        """``runs`` first collections, each by a new collector (new connection, newest ids)."""
+        """``runs`` first collections, each by a new reader (new connection, newest ids)."""
         for run in range(runs):
-            if self._collector is not None:
-                self._collector.close()
-            self._collector = StoreCollector(self.config)
-            self._recorder = StatementRecorder(self._collector.engine)
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = StoreReader(self.config)
+            self._recorder = StatementRecorder(self._reader.engine)
             self.marks.mark(f"{self.name}.first.{run}")
-            self.result.first.append(_run_cycle(self._collector, self._recorder))
+            self.result.first.append(_run_cycle(self._reader, self._recorder))
             self.marks.mark("idle")
             progress(f"first collection {run + 1}/{runs}: {self.result.first[-1].wall:.3f}s")
 
     def steady(self, index: int, trickle: Trickle) -> None:
         """A trickle, one steady cycle, then the same statements through the bare driver."""
-        assert self._collector is not None
+        assert self._reader is not None
         assert self._recorder is not None
         self.store.trickle(trickle.history, trickle.errors, trickle.pending)
         self.marks.mark(f"{self.name}.steady.{index}")
-        cycle = _run_cycle(self._collector, self._recorder)
+        cycle = _run_cycle(self._reader, self._recorder)
         self.marks.mark(f"{self.name}.floor.{index}")
         cycle.floor_wall, cycle.floor_gauges = self.floor.replay(cycle.statements)
         self.marks.mark("idle")
@@ -180,8 +182,8 @@ class Session:
 
     def finish(self, segments: dict[str, pglog.Segment]) -> Collection:
         """Close the connections; attach the server's times from the log ``segments``."""
-        if self._collector is not None:
-            self._collector.close()
+        if self._reader is not None:
+            self._reader.close()
         self.floor.close()
         for label, cycles in (("first", self.result.first), ("steady", self.result.steady)):
             for index, cycle in enumerate(cycles):

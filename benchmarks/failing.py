@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from benchmarks.stats import median
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.config import StoreConfig
 
 INDEX = "ix_sync_error_record_failed_at"
@@ -25,13 +25,13 @@ INDEX_DDL = f"CREATE INDEX {INDEX} ON sync_error (record_id, failed_at)"
 def measure(url: str, config: StoreConfig, runs: int) -> dict[str, Any]:
     """Medians (ms) of the failing-changes query without and with the index, and its build."""
     mapping = config.mapping.model_copy(update={"failing_from_errors": True})
-    collector = StoreCollector(config.model_copy(update={"mapping": mapping}))
-    statement = collector.queries.failing()
+    reader = StoreReader(config.model_copy(update={"mapping": mapping}))
+    statement = reader.queries.failing()
     assert statement is not None
     writer = sa.create_engine(url)
     try:
         try:
-            without: list[float] | None = _timed(collector, statement, runs)[0]
+            without: list[float] | None = _timed(reader, statement, runs)[0]
         except sa.exc.OperationalError:
             without = None  # past the store's query_timeout: a scan per waiting change
         started = time.perf_counter()
@@ -41,12 +41,12 @@ def measure(url: str, config: StoreConfig, runs: int) -> dict[str, Any]:
                 connection.exec_driver_sql("ANALYZE sync_error")
         index_s = time.perf_counter() - started
         try:
-            with_index, failing = _timed(collector, statement, runs)
+            with_index, failing = _timed(reader, statement, runs)
         finally:
             with writer.begin() as connection:
                 connection.exec_driver_sql(f"DROP INDEX {INDEX}")
     finally:
-        collector.close()
+        reader.close()
         writer.dispose()
     return {
         "without_index_ms": None if without is None else median(without),
@@ -58,10 +58,10 @@ def measure(url: str, config: StoreConfig, runs: int) -> dict[str, Any]:
     }
 
 
-def _timed(collector: StoreCollector, statement: Any, runs: int) -> tuple[list[float], int]:
+def _timed(reader: StoreReader, statement: Any, runs: int) -> tuple[list[float], int]:
     timings: list[float] = []
     failing = 0
-    with collector.engine.connect() as connection:
+    with reader.engine.connect() as connection:
         for _ in range(runs):
             started = time.perf_counter()
             rows = connection.execute(statement).all()

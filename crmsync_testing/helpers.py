@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.config import Config, StoreConfig, parse_config
 from exporter.metrics import SyncStoreCollector
 from exporter.runner import StoreRunner, StoreState
@@ -139,7 +139,7 @@ def collect_settled(runner: StoreRunner) -> Samples:
 def runner_for(url: str, **settings: Any) -> StoreRunner:
     """A runner whose new counter series are held at 0 for one collection only."""
     settings.setdefault("new_counter_hold", 0)
-    return StoreRunner(StoreCollector(store_config(url, **settings)))
+    return StoreRunner(StoreReader(store_config(url, **settings)))
 
 
 def by_name(result: Samples, name: str) -> dict[Labels, float]:

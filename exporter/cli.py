@@ -25,17 +25,17 @@ from sqlalchemy.engine import make_url
 
 from exporter import __version__, allocator
 from exporter.arguments import command_parser, setup_logging_from
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.config import Config, ConfigError, load_config
 from exporter.connect_check import connect_check
 from exporter.connections import ConnectionLimits, DatabaseUrlError, server_of
 from exporter.dialects import UnsupportedDatabaseError
 from exporter.http import ExporterHTTPServer
-from exporter.metrics import SyncStoreCollector
 from exporter.publisher import Publisher
-from exporter.runner import StoreRunner, StoreState
+from exporter.runner import StoreRunner
 from exporter.scheduler import Scheduler
 from exporter.sharding import Shard, ShardInfo
+from exporter.snapshot import LatestSnapshot
 from exporter.store_values import unconfirmed_defaults
 from exporter.web_config import WebConfig, load_web_config
 
@@ -145,7 +145,7 @@ def build_runners(
         if not shard.keeps(store):
             continue
         try:
-            runners.append(StoreRunner(StoreCollector(store, limits=limits)))
+            runners.append(StoreRunner(StoreReader(store, limits=limits)))
         except ConfigError as error:  # a password that cannot be read
             raise UsageError(f"stores[{index}].{'; '.join(error.problems)}") from None
         except (DatabaseUrlError, UnsupportedDatabaseError) as error:
@@ -157,7 +157,7 @@ def make_server(
     address: str,
     telemetry_path: str,
     web_config: WebConfig,
-    registry: CollectorRegistry,
+    metrics: LatestSnapshot,
     ready: Callable[[], bool],
 ) -> ExporterHTTPServer:
     host, port = parse_listen_address(address)
@@ -169,7 +169,7 @@ def make_server(
 
         server_class = _IPv6Server
     try:
-        return server_class((host, port), registry, telemetry_path, web_config, ready)
+        return server_class((host, port), metrics, telemetry_path, web_config, ready)
     except OSError as error:
         raise UsageError(f"--web.listen-address {address!r}: {error.strerror}") from None
 
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(str(args.config_file), unconfirmed)
         # Building the engines (without connecting) also checks drivers and password sources.
         for runner in build_runners(config, shard):
-            runner.collector.close()
+            runner.reader.close()
         names = ", ".join(store.name for store in config.stores)
         print(f"{args.config_file}: valid, {len(config.stores)} store(s): {names}")
         if shard.count > 1:
@@ -204,35 +204,28 @@ def run(args: argparse.Namespace) -> int:
 
     limits = ConnectionLimits(config.connections.per_server, config.connections.keep_open_below)
     runners = build_runners(config, shard, limits)
-    # Scrapes read the states the metrics were last written from, not the runners' latest:
-    # with hundreds of stores a state changes every few milliseconds, and each change would
-    # make the next scrape build every family anew.
-    published_states: list[tuple[StoreState, ...]] = [tuple(r.state for r in runners)]
-    registry = CollectorRegistry(auto_describe=False)
-    store_metrics = SyncStoreCollector(lambda: published_states[0])
-    registry.register(store_metrics)
-    registry.register(ShardInfo(shard))
+    # The stores' metrics are encoded once per publication; the rest is collected per scrape.
+    extras = CollectorRegistry(auto_describe=False)
+    extras.register(ShardInfo(shard))
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(collector)
+        extras.register(collector)
+    metrics = LatestSnapshot(lambda: [runner.state for runner in runners], extras)
 
-    def publish() -> None:
-        # Write the metrics once, before any scrape asks for them.
-        published_states[0] = tuple(runner.state for runner in runners)
-        server.exposition.refresh(store_metrics)
-
-    publisher = Publisher(publish)
+    # Encoded after collections, once for however many ended meanwhile (see publisher), before
+    # any scrape asks for them.
+    publisher = Publisher(metrics.publish)
 
     # Ready once every store's first collection (or failure) is in /metrics: from then on
     # /metrics tells the truth about each (crmsync_up says which could not be read).
     def ready() -> bool:
         return len(publisher.published) == len(runners)
 
-    server = make_server(args.listen_address, args.telemetry_path, web_config, registry, ready)
+    server = make_server(args.listen_address, args.telemetry_path, web_config, metrics, ready)
     scheduler = Scheduler(
         runners,
         workers=config.collection.workers,
         per_server=config.connections.per_server,
-        server_of=lambda runner: server_of(make_url(runner.collector.config.url)),
+        server_of=lambda runner: server_of(make_url(runner.reader.config.url)),
         after_cycle=lambda runner: publisher.collected(runner.name),
     )
 
@@ -248,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         extra={"shard_index": shard.index, "shard_count": shard.count},
     )
     for runner in runners:
-        store = runner.collector.config
+        store = runner.reader.config
         log.info(
             "collecting",
             extra={"store": store.name, "url": store.display_url(), "interval": store.interval},

@@ -22,7 +22,7 @@ from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
 from exporter.queries import FeedRow, StoreQueries, build_queries
 from exporter.store_values import StatusWatch
-from exporter.tally import Counter, Debuts, Histogram, HistogramValue
+from exporter.tally import CountsBySeries, Debuts, HistogramValue, LatencyTally
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ class Totals:
 class _HistorySink:
     def __init__(self, labels: StoreLabels) -> None:
         self._labels = labels
-        self.synced: Counter[Series] = Counter()
-        self.latency: Histogram[Series] = Histogram()
+        self.synced: CountsBySeries[Series] = CountsBySeries()
+        self.latency: LatencyTally[Series] = LatencyTally()
 
     def add_row(self, row: FeedRow) -> None:
         series = self._labels.series(row.object, row.operation, row.direction)
@@ -88,7 +88,7 @@ class _HistorySink:
 class _ErrorSink:
     def __init__(self, labels: StoreLabels) -> None:
         self._labels = labels
-        self.errors: Counter[ErrorSeries] = Counter()
+        self.errors: CountsBySeries[ErrorSeries] = CountsBySeries()
 
     def add_row(self, row: FeedRow) -> None:
         series = self._labels.series(row.object, row.operation, row.direction)
@@ -141,7 +141,7 @@ class Watchdog:
     The server ends slow statements itself; this bounds what it cannot: a network that
     goes silent mid-statement, where a driver without a read timeout waits forever.
     Its thread lives only while a cycle runs: at most one per store, and nothing that
-    keeps an idle collector alive.
+    keeps an idle reader alive.
     """
 
     def __init__(self, silence: float, abort: Callable[[], None], name: str) -> None:
@@ -243,8 +243,24 @@ class LastHourCache:
         return counts
 
 
-class StoreCollector:
-    """Owns one store's connection and running totals; ``collect`` runs one cycle."""
+@dataclass(frozen=True)
+class Reading:
+    """What one collection cycle read, whole: nothing else of the reader is shared."""
+
+    gauges: Gauges | None
+    """None when the cycle failed."""
+    error: Exception | None
+    """Why the cycle failed: a CollectionError naming the step, or what else went wrong."""
+    totals: Totals
+    """The counters after the cycle, failed or not (see ``Totals``)."""
+    step_seconds: dict[str, float]
+    """Time spent in each step of the cycle; empty when it failed."""
+    folded: dict[str, int]
+    """Distinct store values folded into ``other`` so far, per label."""
+
+
+class StoreReader:
+    """Owns one store's connection and running totals; ``read`` runs one cycle."""
 
     def __init__(
         self,
@@ -269,7 +285,6 @@ class StoreCollector:
         self._last_hour = LastHourCache(config.settle_time, config.last_hour_zone)
         self._status_watch = StatusWatch(config, clock)
         self._failing_seen: set[ErrorSeries] = set()
-        self.query_seconds: dict[str, float] = {}
         # Long enough for any statement the server lets run (query_timeout) and its result.
         self._watchdog = Watchdog(
             2 * config.query_timeout + 2.0, self._interrupt, f"watchdog-{config.name}"
@@ -310,12 +325,20 @@ class StoreCollector:
         for dbapi_connection in list(self._connections):
             interrupt_connection(dbapi_connection)
 
-    def collect(self) -> Gauges:
-        """Run every query once; raise CollectionError naming the step that failed."""
+    def read(self) -> Reading:
+        """Run every query once; a failed cycle's reading says why."""
+        try:
+            gauges, step_seconds = self._cycle()
+        except Exception as error:
+            return Reading(None, error, self._totals(), {}, self.labels.folded_counts())
+        return Reading(gauges, None, self._totals(), step_seconds, self.labels.folded_counts())
+
+    def _cycle(self) -> tuple[Gauges, dict[str, float]]:
+        """Raises CollectionError naming the step that failed."""
         self._watchdog.arm()
         self._cycles += 1
         try:
-            gauges = self._collect()
+            gauges, step_seconds = self._collect()
         except CollectionError as error:
             if not self._read_once:
                 # Counters start with the first successful read, whatever a failed one saw.
@@ -327,9 +350,9 @@ class StoreCollector:
             self._watchdog.disarm()
         self._read_once = True
         self._log_late_rows()
-        return gauges
+        return gauges, step_seconds
 
-    def _collect(self) -> Gauges:
+    def _collect(self) -> tuple[Gauges, dict[str, float]]:
         steps = Steps()
         queries = self.queries
         with (
@@ -378,8 +401,7 @@ class StoreCollector:
                     last_hour = self._last_hour.get(connection, queries, self.labels, db_now)
                 zero_hour = {(obj, direction): 0 for obj, _, direction in self.labels.zero_filled()}
                 last_hour = {**zero_hour, **last_hour}
-        self.query_seconds = steps.seconds
-        return Gauges(
+        gauges = Gauges(
             db_now=db_now,
             backlog=backlog,
             synced_last_hour=last_hour,
@@ -387,6 +409,7 @@ class StoreCollector:
             last_hour_start=self._last_hour.hour_start if queries.history is not None else None,
             failing=failing,
         )
+        return gauges, steps.seconds
 
     def _failing(self, connection: Connection, statement: Any) -> dict[ErrorSeries, int]:
         """Failing changes per series; a series seen failing before reads 0 once drained."""
@@ -398,7 +421,7 @@ class StoreCollector:
         self._failing_seen.update(failing)
         return failing
 
-    def totals(self) -> Totals:
+    def _totals(self) -> Totals:
         """A copy of the counters, safe to hand to another thread.
 
         A series seen for the first time reads 0 for a while (see ``Debuts``).

@@ -14,9 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import bcrypt
-from prometheus_client import CollectorRegistry
 
-from exporter.exposition import Exposition
+from exporter.snapshot import LatestSnapshot
 from exporter.web_config import WebConfig
 
 log = logging.getLogger(__name__)
@@ -82,11 +81,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, b"Not Found\n", head=head)
 
     def _metrics(self, head: bool) -> None:
-        body, content_type, compressed = self.server.exposition.render(
-            self.headers.get("Accept", ""), "gzip" in self.headers.get("Accept-Encoding", "")
+        page = self.server.metrics.page(
+            self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", "")
         )
-        extra = {"Content-Encoding": "gzip"} if compressed else {}
-        self._reply(200, body, content_type, head=head, extra=extra)
+        extra = {"Content-Encoding": "gzip"} if page.compressed else {}
+        self._reply(200, page.body, page.content_type, head=head, extra=extra)
 
     def _reply(
         self,
@@ -110,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ExporterHTTPServer(ThreadingHTTPServer):
-    """Serves one registry; checks basic auth against bcrypt hashes, caching what passed."""
+    """Serves the latest snapshot; checks basic auth against bcrypt hashes, caching what passed."""
 
     daemon_threads = True
     request_queue_size: ClassVar[int] = 128  # type: ignore[misc]
@@ -118,7 +117,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        registry: CollectorRegistry,
+        metrics: LatestSnapshot,
         telemetry_path: str,
         web_config: WebConfig,
         ready: Callable[[], bool] = lambda: True,
@@ -126,8 +125,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.ready = ready
         """Whether /-/ready answers 200 (every store collected or failed once) or 503."""
-        self.registry = registry
-        self.exposition = Exposition(registry)
+        self.metrics = metrics
         self.telemetry_path = telemetry_path
         self.headers = dict(web_config.http_server_config.headers)
         self._users = {

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from exporter.collection import Gauges, StoreCollector, Totals
+from exporter.collection import Gauges, Reading, StoreReader, Totals
 from exporter.connections import describe_error
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class StoreState:
     last_success: float | None = None
     """Unix time of the last successful collection."""
     last_duration: float | None = None
-    query_seconds: dict[str, float] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """Time spent in each step of the last successful collection."""
     folded: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     start_delay: float | None = None
@@ -83,14 +84,14 @@ class StoreRunner:
 
     def __init__(
         self,
-        collector: StoreCollector,
+        reader: StoreReader,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.collector = collector
-        self.name = collector.config.name
-        self.interval = collector.config.interval
+        self.reader = reader
+        self.name = reader.config.name
+        self.interval = reader.config.interval
         # A cycle may take up to a query timeout past its interval before its gauges go stale.
-        self._freshness = 2 * collector.config.interval + collector.config.query_timeout
+        self._freshness = 2 * reader.config.interval + reader.config.query_timeout
         self._clock = clock
         self.queue_wait = QueueWait()
         self._state = StoreState(store=self.name, queue_wait=self.queue_wait)
@@ -100,10 +101,10 @@ class StoreRunner:
         return self._state  # replaced whole, never mutated: safe to read from any thread
 
     def close(self) -> None:
-        self.collector.close()
+        self.reader.close()
 
     def run_once(self, scheduled: float | None = None) -> StoreState:
-        """One cycle: query, then publish the new state (or the failure).
+        """One cycle: read the store, then publish what it read (or the failure).
 
         ``scheduled`` is when the cycle should have started (clock time), for its delay.
         """
@@ -111,15 +112,15 @@ class StoreRunner:
         state = self._state
         if scheduled is not None:
             state = replace(state, start_delay=max(0.0, started - scheduled))
-        try:
-            gauges = self.collector.collect()
-        except Exception as error:
-            message = describe_error(error)
+        reading = self.reader.read()
+        self._state = self._next_state(state, reading, started)
+        return self._state
+
+    def _next_state(self, state: StoreState, reading: Reading, started: float) -> StoreState:
+        if reading.error is not None:
+            message = describe_error(reading.error)
             if message != state.last_error:
-                log.warning(
-                    "collection failed",
-                    extra={"store": self.name, "error": message},
-                )
+                log.warning("collection failed", extra={"store": self.name, "error": message})
             else:
                 log.debug("collection failed", extra={"store": self.name, "error": message})
             state = replace(
@@ -134,18 +135,17 @@ class StoreRunner:
                 log.info("collection recovered", extra={"store": self.name})
             state = replace(
                 state,
-                gauges=gauges,
+                gauges=reading.gauges,
                 gauges_taken=finished,
                 fresh_until=finished + self._freshness,
                 last_success=time.time(),
                 last_duration=finished - started,
-                query_seconds=self.collector.query_seconds,
+                step_seconds=reading.step_seconds,
                 last_error=None,
             )
-        self._state = replace(
+        return replace(
             state,
             collections=state.collections + 1,
-            totals=self.collector.totals(),
-            folded=self.collector.labels.folded_counts(),
+            totals=reading.totals,
+            folded=reading.folded,
         )
-        return self._state

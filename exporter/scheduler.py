@@ -111,7 +111,7 @@ class Scheduler:
         timeout = max(0.0, min(cancel_timeout, deadline - self._clock()))
         for runner in running:
             threading.Thread(
-                target=runner.collector.cancel,
+                target=runner.reader.cancel,
                 args=(timeout,),
                 name=f"cancel-{runner.name}",
                 daemon=True,

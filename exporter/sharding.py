@@ -51,7 +51,7 @@ class ShardInfo(Collector):
     """``crmsync_shard_info{index, count} 1``: the shard this exporter serves."""
 
     def __init__(self, shard: Shard) -> None:
-        # One family object for the process's life: the exposition writes it once.
+        # One family object for the process's life.
         self._family = SHARD.info()
         self._family.add_metric([], {"index": str(shard.index), "count": str(shard.count)})
 

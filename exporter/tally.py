@@ -29,8 +29,8 @@ class HistogramValue:
         return cls((0,) * (bounds + 1), 0.0)
 
 
-class Histogram(Generic[Key]):
-    """Observations per series, stored per bucket (not cumulative) so merging is addition."""
+class LatencyTally(Generic[Key]):
+    """Latencies per series, stored per bucket (not cumulative) so merging is addition."""
 
     def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
         self.bounds = tuple(bounds)
@@ -56,7 +56,7 @@ class Histogram(Generic[Key]):
         return result
 
 
-class Counter(Generic[Key]):
+class CountsBySeries(Generic[Key]):
     """Counts per series."""
 
     def __init__(self) -> None:

@@ -22,7 +22,7 @@ from crmsync_testing.helpers import (
     series_total,
     store_config,
 )
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.runner import StoreRunner
 from exporter.schema import create_reference_schema, sync_history
 
@@ -122,7 +122,7 @@ def test_counters_never_decrease_whatever_happens_to_the_tables(store_url: str) 
     create_reference_schema(engine)
     add_history(engine, 4, seed=7, hours=RECENT)
     check(61)
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -142,7 +142,7 @@ def test_a_table_refilled_past_the_last_row_read_after_a_quiet_spell_is_noticed(
     empty_history(engine)
     add_history(engine, 6, seed=2, hours=JUST_NOW)
     assert sum(synced(collect(runner)).values()) == 8
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -167,7 +167,7 @@ def test_no_counter_is_served_before_the_first_successful_read(tmp_path: Any) ->
     add_history(engine, 20, seed=9, hours=RECENT)
     collect(runner)
     assert nonzero(synced(collect(runner))) == history_counts(engine, start)
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -185,7 +185,7 @@ def test_a_new_series_reads_zero_until_the_hold_has_passed(sqlite_url: str) -> N
     add_history(engine, 50)
     clock = Clock()
     config = store_config(sqlite_url, new_counter_hold="30s")
-    runner = StoreRunner(StoreCollector(config, clock=clock), clock=clock)
+    runner = StoreRunner(StoreReader(config, clock=clock), clock=clock)
 
     first = collect(runner)
     assert set(synced(first).values()) == {0.0}
@@ -207,7 +207,7 @@ def test_a_new_series_reads_zero_until_the_hold_has_passed(sqlite_url: str) -> N
 
     clock.now += 5
     assert sum(series_total(scrape_after_cycle(runner), "crmsync_sync_errors_total").values()) == 3
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -226,7 +226,7 @@ def test_with_no_hold_a_new_series_reads_zero_for_one_collection(sqlite_url: str
     assert set(series_total(introduced, "crmsync_sync_errors_total").values()) == {0.0}
     counted = collect(runner)
     assert sum(series_total(counted, "crmsync_sync_errors_total").values()) == 4
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 

@@ -23,7 +23,7 @@ from crmsync_testing.filled_stores import PostgresStore, Size, exporter_settings
 from crmsync_testing.helpers import store_config
 from crmsync_testing.servers import POSTGRES_ADMIN, server_engine
 from crmsync_testing.statements import StatementRecorder
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.feeds import PAGE_ROWS
 from exporter.queries import ChangeFeedQueries, StoreQueries
 
@@ -89,18 +89,19 @@ def test_every_query_builder_is_classified() -> None:
 
 
 def test_no_statement_scans_the_history_table(store: PostgresStore) -> None:
-    collector = StoreCollector(store_config(store.url, **exporter_settings()))
-    recorder = StatementRecorder(collector.engine)
+    reader = StoreReader(store_config(store.url, **exporter_settings()))
+    recorder = StatementRecorder(reader.engine)
     try:
-        collector.collect()  # the first collection: the newest ids, never the whole history
+        # The first collection: the newest ids, never the whole history.
+        assert reader.read().error is None
         store.trickle(history=60, errors=3, pending=60)
-        collector.collect()
+        assert reader.read().error is None
         statements = [(s.sql, s.parameters) for s in recorder.take()]
-        queries = collector.queries
+        queries = reader.queries
         history, errors = queries.history, queries.errors
         assert history is not None
         assert errors is not None
-        with collector.engine.connect() as connection:
+        with reader.engine.connect() as connection:
             newest = int(connection.execute(history.max_id()).scalar_one())
             newest_error = int(connection.execute(errors.max_id()).scalar_one())
             hour_end = datetime.now(UTC).replace(tzinfo=None, minute=0, second=0, microsecond=0)
@@ -119,4 +120,4 @@ def test_no_statement_scans_the_history_table(store: PostgresStore) -> None:
                 plan = explain(connection, sql, parameters)
                 assert HISTORY not in set(seq_scans(plan)), f"{sql}\n{plan}"
     finally:
-        collector.close()
+        reader.close()

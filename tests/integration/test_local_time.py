@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from crmsync_testing.helpers import collect, collect_settled, runner_for, series_total, store_config
-from exporter.collection import StoreCollector
+from exporter.collection import StoreReader
 from exporter.schema import create_reference_schema, sync_history, sync_queue
 from exporter.wall_clock import WallClock
 
@@ -104,18 +104,17 @@ def test_hours_across_both_changes_count_what_their_readings_mean(store_url: str
             sync_history.insert(),
             [{**change("lead"), "enqueued_at": wall(t), "synced_at": wall(t)} for t in instants],
         )
-    collector = StoreCollector(store_config(store_url, **LOCAL))
+    reader = StoreReader(store_config(store_url, **LOCAL))
     clock = WallClock(BERLIN)
     try:
-        with collector.engine.connect() as connection:
+        with reader.engine.connect() as connection:
             for change_at in (AUTUMN, SPRING):
                 for hours in range(-2, 3):
                     start = change_at + timedelta(hours=hours)
                     end = start + timedelta(hours=1)
-                    statement = collector.queries.synced_between(start, end)
+                    statement = reader.queries.synced_between(start, end)
                     served = sum(
-                        collector.queries.hour_row(row).synced
-                        for row in connection.execute(statement)
+                        reader.queries.hour_row(row).synced for row in connection.execute(statement)
                     )
                     expected = sum(
                         start.timestamp()
@@ -129,5 +128,5 @@ def test_hours_across_both_changes_count_what_their_readings_mean(store_url: str
                     assert expected == ({-1: 12, 0: 0}.get(hours, 6) if repeated else 6)
                     assert served == expected, (start, served, expected)
     finally:
-        collector.close()
+        reader.close()
         engine.dispose()

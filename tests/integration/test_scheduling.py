@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from crmsync_testing.helpers import add_history, add_pending, by_name, runner_for, scrape
 from exporter.http import ExporterHTTPServer
-from exporter.metrics import SyncStoreCollector
 from exporter.runner import StoreRunner
 from exporter.scheduler import Scheduler
 from exporter.schema import create_reference_schema
+from exporter.snapshot import LatestSnapshot
 from exporter.web_config import WebConfig
 
 
@@ -220,13 +220,12 @@ def test_concurrent_scrapes_cause_no_queries(sqlite_url: str, stopping: list[Sch
     runner = runner_for(sqlite_url, interval="1h")
     statements: list[str] = []
 
-    @sa.event.listens_for(runner.collector.engine, "before_cursor_execute")
+    @sa.event.listens_for(runner.reader.engine, "before_cursor_execute")
     def count(*_args: Any) -> None:
         statements.append(threading.current_thread().name)
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SyncStoreCollector(lambda: [runner.state]))
-    server = ExporterHTTPServer(("127.0.0.1", 0), registry, "/metrics", WebConfig())
+    metrics = LatestSnapshot(lambda: [runner.state], extras=CollectorRegistry())
+    server = ExporterHTTPServer(("127.0.0.1", 0), metrics, "/metrics", WebConfig())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
     bodies: list[bytes] = []
@@ -238,12 +237,13 @@ def test_concurrent_scrapes_cause_no_queries(sqlite_url: str, stopping: list[Sch
                 bodies.append(response.read())
 
     first_cycle = threading.Event()
+
+    def published(_runner: StoreRunner) -> None:
+        metrics.publish()
+        first_cycle.set()
+
     scheduler = Scheduler(
-        [runner],
-        workers=2,
-        per_server=1,
-        server_of=lambda _runner: None,
-        after_cycle=lambda _runner: first_cycle.set(),
+        [runner], workers=2, per_server=1, server_of=lambda _runner: None, after_cycle=published
     )
     stopping.append(scheduler)
     scheduler.start()

@@ -49,7 +49,7 @@ def test_unmapped_operations_and_capped_objects_are_logged_once(
             {"store": "main", "label": "operation", "value": "d"},
         ),
     ]
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -81,7 +81,7 @@ def test_default_status_values_the_store_contradicts_fail_the_collection(
         "--config.connect-check)"
     )
     assert collect(runner)[("crmsync_up", frozenset({("store", "main")}))] == 0
-    runner.collector.close()
+    runner.reader.close()
 
     # Given in the file: collected; a status no role lists is logged, once.
     _status_rows(engine, {"running": 4})
@@ -102,7 +102,7 @@ def test_default_status_values_the_store_contradicts_fail_the_collection(
             },
         )
     ]
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -123,5 +123,5 @@ def test_default_status_values_the_store_confirms(
     assert [r.getMessage() for r in caplog.records] == [
         "the default status_values are confirmed by the store's recent rows"
     ]
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()

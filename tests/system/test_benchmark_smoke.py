@@ -132,3 +132,23 @@ def test_the_quick_fleet_stage_writes_its_part_of_the_report(tmp_path: Path) -> 
     # Every store's pending rows as served equal SQL's count of its queue.
     assert fleet["pending_checked"]
     assert fleet["exit_code"] == 0
+
+
+def test_the_encoding_benchmark_prints_its_figures() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.encoding", "--objects", "2", "--runs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = int(result.stdout.split(" lines,", 1)[0].replace(",", ""))
+    assert lines > 2 * 2 * 2 * 17  # at least each series' latency histogram
+    for row in (
+        "a collection's snapshot, Prometheus's format",
+        "a scrape, Prometheus's format, gzip",
+        "the first scrape of a second (ages encoded)",
+    ):
+        assert f"| {row} |" in result.stdout

@@ -297,7 +297,7 @@ def test_a_select_only_role_is_enough_and_nothing_is_written(pg_store: PgStore) 
     assert "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY" in sent
 
     # The exporter's own sessions refuse writes, and the role could not write anyway.
-    with runner.collector.engine.connect() as connection:
+    with runner.reader.engine.connect() as connection:
         assert connection.execute(sa.text("SHOW transaction_read_only")).scalar_one() == "on"
         with pytest.raises(sa.exc.DBAPIError, match="read-only transaction"):
             connection.execute(sa.text("CREATE TEMP TABLE t (x int)"))
@@ -308,7 +308,7 @@ def test_a_select_only_role_is_enough_and_nothing_is_written(pg_store: PgStore) 
     ):
         connection.execute(sa.text("DELETE FROM sync_queue"))
     reader.dispose()
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 

@@ -350,7 +350,7 @@ def test_names_that_are_sql_keywords_are_quoted(store_url: str) -> None:
     state = runner.run_once()
     assert state.last_error is None, state.last_error
     assert sum(state.totals.synced.values()) == 7
-    runner.collector.close()
+    runner.reader.close()
     with engine.begin() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(RESERVED)).scalar() == 7
     RESERVED.drop(engine)

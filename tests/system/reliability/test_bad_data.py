@@ -103,7 +103,7 @@ def test_a_mapped_store_with_contract_breaking_rows_is_still_read(store_url: str
     runner = runner_for(store_url, **MAPPING)
     statements: list[str] = []
     sa.event.listen(
-        runner.collector.engine,
+        runner.reader.engine,
         "before_cursor_execute",
         lambda _c, _cur, statement, *_: statements.append(statement),
     )
@@ -148,7 +148,7 @@ def test_a_mapped_store_with_contract_breaking_rows_is_still_read(store_url: str
     # The megabytes of error text are never read, never served.
     assert not any("err_blob" in statement for statement in statements)
     assert len(text) < 64 * 1024
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -183,7 +183,7 @@ def test_odd_label_values_make_a_valid_exposition(tmp_path: Any) -> None:
         check=False,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -247,7 +247,7 @@ def test_thousands_of_objects_and_codes_fold_into_other(store_url: str) -> None:
     assert folded["object"] == 2 * distinct - 16
     assert folded["error_code"] == distinct - 10
     assert len(result) < 2000
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -279,5 +279,5 @@ def test_clock_skew_on_the_reference_store_never_goes_negative(store_url: str) -
     assert future == {"queue": 3.0, "history": 2.0, "errors": 0.0}
     assert by_name(result, "crmsync_sync_latency_seconds_count")[lead] >= 2.0
     assert min(by_name(result, "crmsync_sync_latency_seconds_sum").values()) >= 0.0
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()

@@ -13,16 +13,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.http import ExporterHTTPServer
-from exporter.metrics import SyncStoreCollector
 from exporter.runner import StoreState
+from exporter.snapshot import LatestSnapshot
 from exporter.web_config import WebConfig
 
 
 @pytest.fixture(scope="module")
 def address() -> Iterator[tuple[str, int]]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SyncStoreCollector(lambda: [StoreState(store="main")]))
-    server = ExporterHTTPServer(("127.0.0.1", 0), registry, "/metrics", WebConfig())
+    metrics = LatestSnapshot(lambda: [StoreState(store="main")], extras=CollectorRegistry())
+    server = ExporterHTTPServer(("127.0.0.1", 0), metrics, "/metrics", WebConfig())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield "127.0.0.1", int(server.server_address[1])
     server.shutdown()

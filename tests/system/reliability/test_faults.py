@@ -199,7 +199,7 @@ def test_a_slow_statement_is_ended_by_the_server_timeout(pg_store: PgStore) -> N
     assert state.last_error is not None
     assert "slow_queue" in state.last_error
     assert "statement timeout" in state.last_error
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -269,7 +269,7 @@ def test_a_stalled_network_ends_the_cycle_within_the_timeouts(
     report(f"stalled network ({when}): recovery cycle", time.monotonic() - started)
     assert state.last_error is None, state.last_error
     assert exact(scrape(runner), engine, start)
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
@@ -301,7 +301,7 @@ def test_a_permission_error_names_the_store_and_table_and_spares_the_others(
     assert "sync_error" in failure.__dict__["error"]
     assert "permission denied" in failure.__dict__["error"]
     for runner in (locked, other):
-        runner.collector.close()
+        runner.reader.close()
     engine.dispose()
     other_engine.dispose()
 
@@ -318,11 +318,11 @@ def test_a_missing_column_names_it(store_url: str, caplog: pytest.LogCaptureFixt
     assert "sync_history" in state.last_error
     assert "synced_when" in state.last_error
     assert any(r.__dict__.get("store") == "main" for r in caplog.records)
-    runner.collector.close()
+    runner.reader.close()
     engine.dispose()
 
 
-def test_cycles_leave_no_thread_and_no_collector_behind(tmp_path: Path) -> None:
+def test_cycles_leave_no_thread_and_no_reader_behind(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     engine = sa.create_engine(url)
     create_reference_schema(engine)
@@ -335,7 +335,7 @@ def test_cycles_leave_no_thread_and_no_collector_behind(tmp_path: Path) -> None:
     while any(t.name == "watchdog-short-lived" for t in threading.enumerate()):
         assert time.monotonic() < deadline, "the watchdog thread outlived its cycle"
         time.sleep(0.01)
-    collector = weakref.ref(runner.collector)
+    reader = weakref.ref(runner.reader)
     del runner
     gc.collect()
-    assert collector() is None, "something still holds the collector (and its connections)"
+    assert reader() is None, "something still holds the reader (and its connections)"

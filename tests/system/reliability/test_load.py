@@ -20,8 +20,8 @@ from crmsync_testing.exporter_process import Exporter, metric, up, write_config
 from crmsync_testing.helpers import add_errors, add_history, add_pending, samples
 from crmsync_testing.pg_instance import PgStore
 from crmsync_testing.reliability import Writer, exact, newest, start_exporter
-from exporter.exposition import PROMETHEUS_ACCEPT
 from exporter.schema import create_reference_schema
+from exporter.snapshot import PROMETHEUS_ACCEPT
 
 SCRAPERS = 100
 SECONDS = float(os.environ.get("CRMSYNC_LOAD_SECONDS", "60"))

@@ -1,0 +1,250 @@
+"""/metrics bodies: each collection's families encoded once into an immutable snapshot.
+
+prometheus_client's encoders write every body; what moves between collections (the oldest
+pending ages, the process's own metrics) is encoded per scrape and appended. A snapshot is
+encoded, and compressed, in Prometheus's format and each other format scraped lately: the
+first scrape in a new format encodes the latest snapshot in it too, the next collections
+encode it ahead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from exporter import allocator
+from exporter.metrics import age_family, collection_families
+from exporter.runner import StoreState
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+"""What Prometheus 2 asks for."""
+FORMAT_MEMORY = 600.0
+"""A format not scraped for this long is no longer encoded ahead (longer than any scrape
+interval, so that a slow scraper is still served from the snapshot)."""
+MAX_FORMATS = 4
+"""At most this many formats are encoded ahead; more (odd Accept headers) are encoded per scrape."""
+_GZIP_LEVEL = 1
+# A gzip member: this header, deflate blocks, then the CRC-32 and size of the whole text. A
+# snapshot keeps its text's blocks; each scrape appends the final blocks of its own part and
+# carries the CRC on.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+log = logging.getLogger(__name__)
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = tuple(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+@dataclass(frozen=True)
+class Format:
+    """An exposition format, as prometheus_client negotiates it from an Accept header."""
+
+    content_type: str
+    encoder: Callable[[Collector], bytes]
+
+    @classmethod
+    def negotiate(cls, accept: str) -> Format:
+        encoder, content_type = choose_encoder(accept)
+        return cls(content_type, encoder)
+
+    def encode(self, families: Iterable[Metric], last: bool = True) -> bytes:
+        """The families as prometheus_client writes them (OpenMetrics' ``# EOF`` if ``last``)."""
+        text = self.encoder(_Families(families))
+        if not last and self.content_type.startswith("application/openmetrics-text"):
+            text = text.removesuffix(b"# EOF\n")
+        return text
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The head of a body in one format: its text, and the same compressed, to be continued."""
+
+    text: bytes
+    deflated: bytes
+    """Raw deflate blocks of ``text``, not final, ending on a byte boundary."""
+    crc: int
+
+    @classmethod
+    def of(cls, text: bytes) -> Encoded:
+        return cls(text, _deflate(text, final=False), zlib.crc32(text))
+
+    def body(self, tail: bytes, compressed: bool) -> bytes:
+        """The whole body: this head, then ``tail``; as one gzip member if ``compressed``."""
+        if not compressed:
+            return self.text + tail
+        size = (len(self.text) + len(tail)) & 0xFFFFFFFF
+        trailer = struct.pack("<II", zlib.crc32(tail, self.crc), size)
+        # The tail is small: a small window compresses it as well, and faster.
+        return _GZIP_HEADER + self.deflated + _deflate(tail, final=True, window_bits=12) + trailer
+
+
+def _deflate(data: bytes, final: bool, window_bits: int = 15) -> bytes:
+    """Raw deflate blocks; unless ``final``, ending on a byte boundary so more can follow."""
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -window_bits, 1 if final else 8)
+    flush = zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH
+    return compressor.compress(data) + compressor.flush(flush)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The stores' metrics as one collection left them, encoded; never changed once built."""
+
+    states: tuple[StoreState, ...]
+    families: tuple[Metric, ...]
+    """Every store family but the ages (see ``exporter.metrics.collection_families``)."""
+    stale_at: float
+    """When the first store still up goes stale (its gauges vanish): a new snapshot is due."""
+    encoded: Mapping[str, Encoded]
+    """``families`` by content type, in the formats encoded ahead."""
+
+    @classmethod
+    def build(cls, states: Sequence[StoreState], now: float, formats: Iterable[Format]) -> Snapshot:
+        families = tuple(collection_families(states, now))
+        stale_at = min((state.fresh_until for state in states if state.up(now)), default=math.inf)
+        snapshot = cls(tuple(states), families, stale_at, {})
+        return snapshot.adding(formats)
+
+    def adding(self, formats: Iterable[Format]) -> Snapshot:
+        """The same snapshot, encoded in ``formats`` too."""
+        encoded = dict(self.encoded)
+        for form in formats:
+            encoded[form.content_type] = Encoded.of(form.encode(self.families, last=False))
+        return replace(self, encoded=encoded)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A /metrics response."""
+
+    body: bytes
+    content_type: str
+    compressed: bool
+    """Whether ``body`` is gzip-compressed (``Content-Encoding: gzip``)."""
+
+
+class LatestSnapshot:
+    """The snapshot scrapes read, replaced whole after each collection.
+
+    Scrapes never wait for a collection's encoding; only the first scrape in a new format, or
+    the first after a store's gauges went stale, waits for the snapshot it makes.
+    """
+
+    def __init__(
+        self,
+        states: Callable[[], Sequence[StoreState]],
+        extras: Collector,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``states`` the stores' current states; ``extras`` what else /metrics serves (the
+        process's own metrics), collected per scrape."""
+        self._states = states
+        self._extras = extras
+        self._clock = clock
+        self._building = threading.Lock()
+        self._asking = threading.Lock()
+        # What Prometheus asks for is encoded from the first collection on, before it asks.
+        prometheus = Format.negotiate(PROMETHEUS_ACCEPT)
+        self._asked: dict[str, tuple[Format, float]] = {
+            prometheus.content_type: (prometheus, clock())
+        }
+        """Formats scraped lately, by content type, and when last."""
+        self._ages: dict[str, tuple[Snapshot, int, bytes]] = {}
+        """The ages last encoded per format, and the second they are of."""
+        self._snapshot = Snapshot.build(tuple(states()), clock(), ())
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def publish(self) -> None:
+        """Encode the stores' current states (after each collection); until done, scrapes
+        get the previous snapshot."""
+        try:
+            with self._building:
+                self._replace(self._build())
+        except Exception:
+            log.exception("encoding the metrics failed")
+        # The previous snapshot is garbage now: give its pages back.
+        allocator.trim()
+
+    def page(self, accept: str, accept_encoding: str) -> Page:
+        """The /metrics response for these request headers."""
+        form = Format.negotiate(accept)
+        now = self._clock()
+        snapshot = self._current(now, form)
+        tail = self._encoded_ages(snapshot, form, now) + form.encode(self._extras.collect())
+        compressed = gzip_accepted(accept_encoding)
+        encoded = snapshot.encoded.get(form.content_type)
+        if encoded is not None:
+            return Page(encoded.body(tail, compressed), form.content_type, compressed)
+        body = form.encode(snapshot.families, last=False) + tail
+        if compressed:
+            body = gzip.compress(body, _GZIP_LEVEL, mtime=0)
+        return Page(body, form.content_type, compressed)
+
+    def _current(self, now: float, form: Format) -> Snapshot:
+        """The latest snapshot, encoded in ``form`` unless too many formats are asked for."""
+        snapshot = self._snapshot
+        wanted = self._note(form, now)
+        if now <= snapshot.stale_at and (form.content_type in snapshot.encoded or not wanted):
+            return snapshot
+        with self._building:  # scrapes in the same new format wait for the first one's work
+            snapshot = self._snapshot
+            if now > snapshot.stale_at:
+                # A store's gauges went stale without a collection ending (its cycle hangs):
+                # the first scrape after builds the snapshot that shows it down.
+                self._replace(self._build())
+            elif wanted and form.content_type not in snapshot.encoded:
+                self._replace(snapshot.adding([form]))
+            return self._snapshot
+
+    def _encoded_ages(self, snapshot: Snapshot, form: Format, now: float) -> bytes:
+        """The ages at ``now``; scrapes within the same second share them, so that a hundred
+        scrapers cost little more than one."""
+        second = math.floor(now)
+        kept = self._ages.get(form.content_type)
+        if kept is not None and kept[0] is snapshot and kept[1] == second:
+            return kept[2]
+        text = form.encode([age_family(snapshot.states, now)], last=False)
+        if form.content_type in snapshot.encoded:  # one of a bounded number of formats
+            self._ages[form.content_type] = (snapshot, second, text)
+        return text
+
+    def _replace(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._ages.clear()  # nothing keeps the previous snapshot alive
+
+    def _build(self) -> Snapshot:
+        now = self._clock()
+        with self._asking:
+            for content_type, (_, asked) in list(self._asked.items()):
+                if now - asked > FORMAT_MEMORY:
+                    del self._asked[content_type]
+            formats = [form for form, _ in self._asked.values()]
+        return Snapshot.build(tuple(self._states()), now, formats)
+
+    def _note(self, form: Format, now: float) -> bool:
+        """Remember that ``form`` was scraped; whether it is one of the formats encoded ahead."""
+        with self._asking:
+            if form.content_type in self._asked or len(self._asked) < MAX_FORMATS:
+                self._asked[form.content_type] = (form, now)
+                return True
+            return False
