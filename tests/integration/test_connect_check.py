@@ -18,10 +18,10 @@ import sqlalchemy as sa
 import yaml
 
 from crmsync_testing.helpers import add_errors, add_history, add_pending, utcnow
+from crmsync_testing.mapped_store import MAPPED, crm_changes
+from crmsync_testing.trigger_log import TriggerLog, trigger_log_table
 from exporter import cli
 from exporter.schema import create_reference_schema, sync_queue
-from tests.integration.test_mapped_store import MAPPED, crm_changes
-from tests.integration.test_store_layouts import TriggerLog, trigger_log_table
 
 
 @contextlib.contextmanager

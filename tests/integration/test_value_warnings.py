@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 
 from crmsync_testing.helpers import add_pending, collect, runner_for, utcnow
+from crmsync_testing.mapped_store import MAPPED, crm_changes
 from exporter.schema import create_reference_schema, sync_queue
-from tests.integration.test_mapped_store import MAPPED, crm_changes
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, object]]]:
