@@ -111,28 +111,16 @@ class Snapshot:
     families: tuple[Metric, ...]
     """Every store family but the ages (see ``exporter.metrics.collection_families``)."""
     stale_at: float
-    """Before this no store up at build time can have gone stale (its gauges vanish)."""
-    up_states: tuple[StoreState, ...]
-    """The stores up at build time."""
+    """When the first store still up goes stale (its gauges vanish): a new snapshot is due."""
     encoded: Mapping[str, Encoded]
     """``families`` by content type, in the formats encoded ahead."""
 
     @classmethod
     def build(cls, states: Sequence[StoreState], now: float, formats: Iterable[Format]) -> Snapshot:
         families = tuple(collection_families(states, now))
-        up_states = tuple(state for state in states if state.up(now))
-        stale_at = min((state.fresh_until for state in up_states), default=math.inf)
-        snapshot = cls(tuple(states), families, stale_at, up_states, {})
+        stale_at = min((state.fresh_until for state in states if state.up(now)), default=math.inf)
+        snapshot = cls(tuple(states), families, stale_at, {})
         return snapshot.adding(formats)
-
-    def stale(self, now: float) -> bool:
-        """Whether a store up at build time has gone stale since: a new snapshot is due.
-
-        A store waiting for a worker stays up past ``fresh_until`` (see StoreState.up), so
-        that alone does not make the snapshot stale: rebuilding every store's metrics on
-        each scrape while stores wait in the queue would stall the scrapes.
-        """
-        return now > self.stale_at and any(not state.up(now) for state in self.up_states)
 
     def adding(self, formats: Iterable[Format]) -> Snapshot:
         """The same snapshot, encoded in ``formats`` too."""
@@ -216,11 +204,11 @@ class LatestSnapshot:
         """The latest snapshot, encoded in ``form`` unless too many formats are asked for."""
         snapshot = self._snapshot
         wanted = self._note(form, now)
-        if not snapshot.stale(now) and (form.content_type in snapshot.encoded or not wanted):
+        if now <= snapshot.stale_at and (form.content_type in snapshot.encoded or not wanted):
             return snapshot
         with self._building:  # scrapes in the same new format wait for the first one's work
             snapshot = self._snapshot
-            if snapshot.stale(now):
+            if now > snapshot.stale_at:
                 # A store's gauges went stale without a collection ending (its cycle hangs):
                 # the first scrape after builds the snapshot that shows it down.
                 self._replace(self._build())

@@ -296,32 +296,6 @@ def test_gauges_gone_stale_vanish_at_the_next_scrape_without_a_collection(
     assert counters(stale) == kept
 
 
-def test_a_store_waiting_for_a_worker_past_its_freshness_costs_scrapes_no_rebuild(
-    store: tuple[StoreRunner, sa.Engine, int, int],
-) -> None:
-    runner, _, _, _ = store
-    clock = Clock(runner.state.gauges_taken + 1.0)
-    metrics = LatestSnapshot(lambda: [runner.state], extras(), clock)
-    metrics.publish()
-    metrics.page("", "")  # the text format, encoded ahead from now on
-    snapshot = metrics.snapshot
-
-    # Queued behind other stores' collections: still up past fresh_until, so the scrapes
-    # read the same snapshot rather than rebuilding every store's metrics each time.
-    runner.queue_wait.waiting(runner.state.fresh_until - 1.0)
-    clock.now = runner.state.fresh_until + 5.0
-    waiting = samples(metrics.page("", "").body.decode())
-    assert metrics.snapshot is snapshot
-    assert by_name(waiting, "crmsync_up") == {frozenset({("store", "main")}): 1.0}
-
-    # Its cycle starts and hangs: from then on the wait no longer counts, and it goes stale.
-    runner.queue_wait.started(runner.state.fresh_until + 5.0)
-    clock.now = runner.state.fresh_until + 6.5
-    stale = samples(metrics.page("", "").body.decode())
-    assert metrics.snapshot is not snapshot
-    assert by_name(stale, "crmsync_up") == {frozenset({("store", "main")}): 0.0}
-
-
 def test_formats_are_encoded_ahead_while_scraped_and_within_bounds(
     store: tuple[StoreRunner, sa.Engine, int, int],
 ) -> None:
