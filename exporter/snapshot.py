@@ -273,6 +273,7 @@ class LatestSnapshot:
         self._clock = clock
         self._building = threading.Lock()
         self._asking = threading.Lock()
+        self._aging = threading.Lock()
         # What Prometheus asks for is encoded from the first collection on, before it asks.
         prometheus = Format.negotiate(PROMETHEUS_ACCEPT)
         self._asked: dict[str, tuple[Format, float]] = {
@@ -332,18 +333,23 @@ class LatestSnapshot:
     def _encoded_ages(self, snapshot: Snapshot, form: Format, now: float) -> bytes:
         """The ages at ``now``; scrapes within the same second share them, so that a hundred
         scrapers cost little more than one."""
+        if form.content_type not in snapshot.encoded:  # past the bounded number of formats
+            return form.encode([age_family(snapshot.states, now)], last=False)
         second = math.floor(now)
-        kept = self._ages.get(form.content_type)
-        if kept is not None and kept[0] is snapshot and kept[1] == second:
-            return kept[2]
-        text = form.encode([age_family(snapshot.states, now)], last=False)
-        if form.content_type in snapshot.encoded:  # one of a bounded number of formats
+        # Scrapes that arrive together wait for the first one's text rather than each
+        # encoding the same ages at once.
+        with self._aging:
+            kept = self._ages.get(form.content_type)
+            if kept is not None and kept[0] is snapshot and kept[1] == second:
+                return kept[2]
+            text = form.encode([age_family(snapshot.states, now)], last=False)
             self._ages[form.content_type] = (snapshot, second, text)
-        return text
+            return text
 
     def _replace(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        self._ages.clear()  # nothing keeps the previous snapshot alive
+        with self._aging:
+            self._ages.clear()  # nothing keeps the previous snapshot alive
 
     def _build(self) -> Snapshot:
         now = self._clock()

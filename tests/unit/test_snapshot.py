@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -30,7 +31,7 @@ from crmsync_testing.helpers import (
     series_total,
     sql_counts,
 )
-from exporter.metrics import SyncStoreCollector
+from exporter.metrics import SyncStoreCollector, age_family
 from exporter.runner import StoreRunner, StoreState
 from exporter.schema import create_reference_schema
 from exporter.sharding import Shard, ShardInfo
@@ -206,6 +207,38 @@ def test_ages_advance_between_scrapes_without_a_new_collection(
     assert [line for line in first.splitlines() if not line.startswith(AGES)] == [
         line for line in second.splitlines() if not line.startswith(AGES)
     ]
+
+
+def test_scrapes_arriving_together_encode_the_ages_once(
+    store: tuple[StoreRunner, sa.Engine, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, *_ = store
+    clock = Clock(runner.state.gauges_taken + 1.0)
+    metrics = LatestSnapshot(lambda: [runner.state], extras(), clock)
+    metrics.publish()
+    built: list[float] = []
+
+    def slow_ages(states: Sequence[StoreState], now: float) -> Metric:
+        built.append(now)
+        time.sleep(0.05)  # long enough for every scraper to arrive meanwhile
+        return age_family(states, now)
+
+    monkeypatch.setattr("exporter.snapshot.age_family", slow_ages)
+    pages: list[bytes] = []
+    scrapers = [
+        threading.Thread(target=lambda: pages.append(metrics.page(PROMETHEUS_ACCEPT, "").body))
+        for _ in range(8)
+    ]
+    for scraper in scrapers:
+        scraper.start()
+    for scraper in scrapers:
+        scraper.join(10)
+    assert len(pages) == 8
+    assert len(set(pages)) == 1
+    assert len(built) == 1
+    clock.now += 1.0  # the next second's scrape encodes them anew
+    metrics.page(PROMETHEUS_ACCEPT, "")
+    assert len(built) == 2
 
 
 def test_a_scrape_during_a_collection_gets_the_whole_previous_snapshot(
