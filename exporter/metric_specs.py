@@ -10,6 +10,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
+    Metric,
 )
 
 Kind = Literal["gauge", "counter", "histogram", "info"]
@@ -46,6 +47,18 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()
     keys: tuple[str, ...] = ()
     """An info metric's keys: the labels of its one ``_info`` sample, always 1."""
+
+    def family(self) -> Metric:
+        """A fresh, empty family of this spec's kind."""
+        match self.kind:
+            case "gauge":
+                return self.gauge()
+            case "counter":
+                return self.counter()
+            case "histogram":
+                return self.histogram()
+            case "info":
+                return self.info()
 
     def gauge(self) -> GaugeMetricFamily:
         """A fresh, empty family to add this collection's samples to."""

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter import metric_specs as specs
-from exporter.metric_specs import LATENCY_BUCKETS
+from exporter.collection import Backlog
+from exporter.labels import Series
+from exporter.metric_specs import LATENCY_BUCKETS, MetricSpec
 from exporter.runner import StoreState
+from exporter.tally import HistogramValue
 
 _BUCKET_BOUNDS = [f"{bound:g}" for bound in LATENCY_BUCKETS] + ["+Inf"]
 
@@ -38,18 +44,12 @@ class SyncStoreCollector(Collector):
 def collection_families(states: Iterable[StoreState], now: float) -> list[Metric]:
     """Every family but the ages: these change only when a collection ends (or its gauges
     go stale, see ``StoreState.up``)."""
-    families = StoreFamilies()
+    families = [part.spec.family() for part in STORE_FAMILIES]
     for state in states:
-        families.add(state, now)
-    return [*families.families(), build_info()]
-
-
-def store_families(state: StoreState, now: float) -> list[Metric]:
-    """One store's part of ``collection_families`` but the build info, family by family in
-    the same order, empty families included."""
-    families = StoreFamilies()
-    families.add(state, now)
-    return families.families()
+        up = state.up(now)
+        for part, family in zip(STORE_FAMILIES, families, strict=True):
+            part.fill(family, state.store, part.source(state, up))
+    return [*families, build_info()]
 
 
 def build_info() -> Metric:
@@ -74,109 +74,99 @@ def age_family(states: Sequence[StoreState], now: float) -> Metric:
     return age
 
 
-class StoreFamilies:
-    """The families of ``collection_families`` but the build info, filled store by store."""
+@dataclass(frozen=True)
+class StoreFamily:
+    """How one family shows one store: from one part of its state, and nothing else.
 
-    def __init__(self) -> None:
-        self.pending = specs.PENDING.gauge()
-        self.oldest = specs.OLDEST_TIMESTAMP.gauge()
-        self.last_hour = specs.LAST_HOUR.gauge()
-        self.last_hour_start = specs.LAST_HOUR_START.gauge()
-        self.synced = specs.SYNCED.counter()
-        self.errors = specs.ERRORS.counter()
-        self.latency = specs.LATENCY.histogram()
-        self.future = specs.FUTURE_ROWS.gauge()
-        self.failing = specs.FAILING.gauge()
-        self.up = specs.UP.gauge()
-        self.duration = specs.COLLECTION_DURATION.gauge()
-        self.query_duration = specs.QUERY_DURATION.gauge()
-        self.start_delay = specs.START_DELAY.gauge()
-        self.last_success = specs.LAST_SUCCESS.gauge()
-        self.collections = specs.COLLECTIONS.counter()
-        self.failures = specs.COLLECTION_FAILURES.counter()
-        self.folded = specs.FOLDED.gauge()
-        self.gaps = specs.OPEN_GAPS.gauge()
-        self.late = specs.LATE_ROWS.counter()
+    A store's samples of a family change only when that part does, which is what lets a
+    snapshot keep a store's encoded lines of the families whose part is the same.
+    """
 
-    def families(self) -> list[Metric]:
-        """In the order /metrics serves them: what the store holds, then the exporter's own."""
-        return [
-            self.pending,
-            self.oldest,
-            self.last_hour,
-            self.last_hour_start,
-            self.synced,
-            self.errors,
-            self.latency,
-            self.future,
-            self.failing,
-            self.up,
-            self.duration,
-            self.query_duration,
-            self.start_delay,
-            self.last_success,
-            self.collections,
-            self.failures,
-            self.folded,
-            self.gaps,
-            self.late,
-        ]
+    spec: MetricSpec
+    source: Callable[[StoreState, bool], Any]
+    """The part of the state the samples come from (given whether the store is up)."""
+    fill: Callable[[Any, str, Any], None]
+    """Adds the store's samples: (family, store name, the part)."""
 
-    def add(self, state: StoreState, now: float) -> None:
-        """Add one store's samples: gauges only while its last reading is fresh."""
-        up = state.up(now)
-        if up:
-            self._add_gauges(state)
-        self._add_counters(state)
-        self._add_own(state, up)
+    def family(self, store: str, part: Any) -> Metric:
+        """The family with this store's samples only."""
+        family = self.spec.family()
+        self.fill(family, store, part)
+        return family
 
-    def _add_gauges(self, state: StoreState) -> None:
-        store = state.store
-        gauges = state.gauges
-        assert gauges is not None  # up
-        for series, backlog in gauges.backlog.items():
-            labels = [store, *series]
-            self.pending.add_metric(labels, backlog.pending)
-            if backlog.oldest is not None:
-                self.oldest.add_metric(labels, backlog.oldest)
-        for (obj, direction), count in gauges.synced_last_hour.items():
-            self.last_hour.add_metric([store, obj, direction], count)
-        if gauges.last_hour_start is not None:
-            self.last_hour_start.add_metric([store], gauges.last_hour_start)
-        for table_role, count in gauges.future_rows.items():
-            self.future.add_metric([store, table_role], count)
-        for error_series, count in (gauges.failing or {}).items():
-            self.failing.add_metric([store, *error_series], count)
 
-    def _add_counters(self, state: StoreState) -> None:
-        store = state.store
-        totals = state.totals
-        for series, count in totals.synced.items():
-            self.synced.add_metric([store, *series], count)
-        for error_series, count in totals.errors.items():
-            self.errors.add_metric([store, *error_series], count)
-        for series, histogram in totals.latency.items():
-            self.latency.add_metric(
-                [store, *series],
-                buckets=list(zip(_BUCKET_BOUNDS, histogram.cumulative, strict=True)),
-                sum_value=histogram.sum,
-            )
+def _fresh(field: str) -> Callable[[StoreState, bool], Any]:
+    """A part of the gauges: only while the last reading is fresh."""
+    get = attrgetter(field)
+    return lambda state, up: get(state.gauges) if up and state.gauges is not None else None
 
-    def _add_own(self, state: StoreState, up: bool) -> None:
-        store = state.store
-        self.up.add_metric([store], 1.0 if up else 0.0)
-        if state.last_duration is not None:
-            self.duration.add_metric([store], state.last_duration)
-        for step, seconds in state.step_seconds.items():
-            self.query_duration.add_metric([store, step], seconds)
-        if state.start_delay is not None:
-            self.start_delay.add_metric([store], state.start_delay)
-        if state.last_success is not None:
-            self.last_success.add_metric([store], state.last_success)
-        self.collections.add_metric([store], state.collections)
-        self.failures.add_metric([store], state.failures)
-        for label, count in state.folded.items():
-            self.folded.add_metric([store, label], count)
-        self.gaps.add_metric([store], state.totals.open_gaps)
-        for table_role, count in state.totals.late_rows.items():
-            self.late.add_metric([store, table_role], count)
+
+def _always(field: str) -> Callable[[StoreState, bool], Any]:
+    """A part of the state served whether or not the store is up."""
+    get = attrgetter(field)
+    return lambda state, up: get(state)
+
+
+def _up(state: StoreState, up: bool) -> float:
+    return 1.0 if up else 0.0
+
+
+def _add_value(family: Any, store: str, value: float | None) -> None:
+    if value is not None:
+        family.add_metric([store], value)
+
+
+def _add_series(family: Any, store: str, values: Mapping[tuple[str, ...], float] | None) -> None:
+    for labels, value in (values or {}).items():
+        family.add_metric([store, *labels], value)
+
+
+def _add_named(family: Any, store: str, values: Mapping[str, float] | None) -> None:
+    for label, value in (values or {}).items():
+        family.add_metric([store, label], value)
+
+
+def _add_pending(family: Any, store: str, backlog: Mapping[Series, Backlog] | None) -> None:
+    for series, waiting in (backlog or {}).items():
+        family.add_metric([store, *series], waiting.pending)
+
+
+def _add_oldest(family: Any, store: str, backlog: Mapping[Series, Backlog] | None) -> None:
+    for series, waiting in (backlog or {}).items():
+        if waiting.oldest is not None:
+            family.add_metric([store, *series], waiting.oldest)
+
+
+def _add_latency(family: Any, store: str, latency: Mapping[Series, HistogramValue]) -> None:
+    for series, histogram in latency.items():
+        family.add_metric(
+            [store, *series],
+            buckets=list(zip(_BUCKET_BOUNDS, histogram.cumulative, strict=True)),
+            sum_value=histogram.sum,
+        )
+
+
+STORE_FAMILIES: tuple[StoreFamily, ...] = (
+    # What the store holds...
+    StoreFamily(specs.PENDING, _fresh("backlog"), _add_pending),
+    StoreFamily(specs.OLDEST_TIMESTAMP, _fresh("backlog"), _add_oldest),
+    StoreFamily(specs.LAST_HOUR, _fresh("synced_last_hour"), _add_series),
+    StoreFamily(specs.LAST_HOUR_START, _fresh("last_hour_start"), _add_value),
+    StoreFamily(specs.SYNCED, _always("totals.synced"), _add_series),
+    StoreFamily(specs.ERRORS, _always("totals.errors"), _add_series),
+    StoreFamily(specs.LATENCY, _always("totals.latency"), _add_latency),
+    StoreFamily(specs.FUTURE_ROWS, _fresh("future_rows"), _add_named),
+    StoreFamily(specs.FAILING, _fresh("failing"), _add_series),
+    # ...then the exporter's own.
+    StoreFamily(specs.UP, _up, _add_value),
+    StoreFamily(specs.COLLECTION_DURATION, _always("last_duration"), _add_value),
+    StoreFamily(specs.QUERY_DURATION, _always("step_seconds"), _add_named),
+    StoreFamily(specs.START_DELAY, _always("start_delay"), _add_value),
+    StoreFamily(specs.LAST_SUCCESS, _always("last_success"), _add_value),
+    StoreFamily(specs.COLLECTIONS, _always("collections"), _add_value),
+    StoreFamily(specs.COLLECTION_FAILURES, _always("failures"), _add_value),
+    StoreFamily(specs.FOLDED, _always("folded"), _add_named),
+    StoreFamily(specs.OPEN_GAPS, _always("totals.open_gaps"), _add_value),
+    StoreFamily(specs.LATE_ROWS, _always("totals.late_rows"), _add_named),
+)
+"""Every family but the ages and the build info, in the order /metrics serves them."""

@@ -19,19 +19,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import allocator
-from exporter.metrics import (
-    StoreFamilies,
-    age_family,
-    build_info,
-    collection_families,
-    store_families,
-)
+from exporter.metrics import STORE_FAMILIES, age_family, build_info, collection_families
 from exporter.runner import StoreState
 
 PROMETHEUS_ACCEPT = (
@@ -112,13 +107,13 @@ def _deflate(data: bytes, final: bool, window_bits: int = 15) -> bytes:
 
 @dataclass(frozen=True)
 class StoreText:
-    """One store's samples as a snapshot encoded them; kept while its state is the same."""
+    """One store's samples as a snapshot encoded them, family by family."""
 
-    state: StoreState
-    up: bool
-    """Whether the store was up when encoded (stale gauges are left out)."""
+    store: str
+    parts: tuple[Any, ...]
+    """What each family showed of the store's state (``exporter.metrics.StoreFamily``)."""
     lines: Mapping[str, tuple[bytes, ...]]
-    """By content type, each family's sample lines (``exporter.metrics.store_families``)."""
+    """By content type, each family's sample lines."""
 
     @classmethod
     def encode(
@@ -128,18 +123,23 @@ class StoreText:
         layouts: Mapping[str, Layout],
         kept: StoreText | None,
     ) -> StoreText:
-        """The store's lines in the formats of ``layouts``; what ``kept`` holds of the same
-        state is not encoded again."""
+        """The store's lines in the formats of ``layouts``: only the families whose part of
+        the state differs from ``kept``'s are encoded again."""
         up = state.up(now)
+        parts = tuple(family.source(state, up) for family in STORE_FAMILIES)
         lines: dict[str, tuple[bytes, ...]] = {}
-        if kept is not None and kept.state is state and kept.up == up:
-            lines = {key: value for key, value in kept.lines.items() if key in layouts}
-        missing = [key for key in layouts if key not in lines]
-        if missing:
-            families = store_families(state, now)
-            for key in missing:
-                lines[key] = layouts[key].split(families)
-        return cls(state, up, lines)
+        for key, layout in layouts.items():
+            before = None if kept is None else kept.lines.get(key)
+            if before is None or kept is None:
+                lines[key] = layout.lines(state.store, parts, range(len(parts)), ())
+                continue
+            changed = [
+                number
+                for number, (old, new) in enumerate(zip(kept.parts, parts, strict=True))
+                if not (old is new or old == new)
+            ]
+            lines[key] = layout.lines(state.store, parts, changed, before) if changed else before
+        return cls(state.store, parts, lines)
 
 
 @dataclass(frozen=True)
@@ -148,33 +148,43 @@ class Layout:
     then its samples; the body is assembled from the stores' lines between the headers."""
 
     form: Format
-    texts: tuple[bytes, ...]
-    """Each family's header, in the order of ``exporter.metrics.store_families``."""
+    headers: tuple[bytes, ...]
+    """Each family's header, in the order of ``exporter.metrics.STORE_FAMILIES``."""
 
     @classmethod
     def of(cls, form: Format) -> Layout:
-        empty = StoreFamilies().families()
+        empty = [family.spec.family() for family in STORE_FAMILIES]
         return cls(form, tuple(form.encode([family], last=False) for family in empty))
 
-    def split(self, families: Sequence[Metric]) -> tuple[bytes, ...]:
-        """The families' sample lines, family by family, as the encoder writes them."""
+    def lines(
+        self,
+        store: str,
+        parts: Sequence[Any],
+        changed: Iterable[int],
+        before: Sequence[bytes],
+    ) -> tuple[bytes, ...]:
+        """A store's sample lines per family: the ``changed`` families encoded (in one call
+        of the encoder, then cut at the headers), the others as ``before``."""
+        numbers = list(changed)
+        families = [STORE_FAMILIES[number].family(store, parts[number]) for number in numbers]
         text = self.form.encode(families, last=False)
-        lines: list[bytes] = []
+        lines = list(before) or [b""] * len(self.headers)
         end = 0
-        for number, header in enumerate(self.texts):
+        for position, number in enumerate(numbers):
+            header = self.headers[number]
             if not text.startswith(header, end):  # the encoder would have changed its ways
                 raise ValueError(f"no family header where {header[:60]!r} was due")
             start = end + len(header)
-            following = self.texts[number + 1] if number + 1 < len(self.texts) else None
-            end = len(text) if following is None else text.find(following, start)
-            lines.append(text[start:end])
+            following = numbers[position + 1] if position + 1 < len(numbers) else None
+            end = len(text) if following is None else text.find(self.headers[following], start)
+            lines[number] = text[start:end]
         return tuple(lines)
 
     def assemble(self, stores: Sequence[StoreText], shared: bytes) -> bytes:
         """Every family once: its header, then each store's lines; then ``shared``."""
         key = self.form.content_type
         parts: list[bytes] = []
-        for number, header in enumerate(self.texts):
+        for number, header in enumerate(self.headers):
             parts.append(header)
             parts.extend(store.lines[key][number] for store in stores)
         parts.append(shared)
@@ -230,7 +240,7 @@ class Snapshot:
         layouts = dict(self.layouts)
         for form in formats:
             layouts.setdefault(form.content_type, Layout.of(form))
-        kept = {text.state.store: text for text in (previous or self).stores}
+        kept = {text.store: text for text in (previous or self).stores}
         stores = tuple(
             StoreText.encode(state, self.built_at, layouts, kept.get(state.store))
             for state in self.states

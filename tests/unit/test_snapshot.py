@@ -31,7 +31,7 @@ from crmsync_testing.helpers import (
     series_total,
     sql_counts,
 )
-from exporter.metrics import SyncStoreCollector, age_family
+from exporter.metrics import STORE_FAMILIES, SyncStoreCollector, age_family
 from exporter.runner import StoreRunner, StoreState
 from exporter.schema import create_reference_schema
 from exporter.sharding import Shard, ShardInfo
@@ -163,22 +163,43 @@ def test_stores_are_encoded_when_their_state_changes_and_laid_out_family_by_fami
     metrics.page(accept, "")  # encoded ahead in this format from now on
     metrics.publish()
     assert metrics.page(accept, "").body == reference(accept, states, clock, extras())
-    before = {text.state.store: text.lines for text in metrics.snapshot.stores}
+    before = {text.store: text.lines for text in metrics.snapshot.stores}
 
     # One store's collection ends: only its samples are encoded again.
     add_pending(writer, 7, seed=11)
     states[2] = other.run_once()
     metrics.publish()
-    after = {text.state.store: text.lines for text in metrics.snapshot.stores}
+    after = {text.store: text.lines for text in metrics.snapshot.stores}
     key = choose_encoder(accept)[1]
     assert after["main"][key] is before["main"][key]
     assert after["never-read"][key] is before["never-read"][key]
-    assert after["other"][key] != before["other"][key]
+    # Of its families, those whose part of the state changed: the backlog (7 more pending)
+    # and the exporter's own, not the counters (no history was written).
+    changed = {
+        family.spec.name
+        for family, old, new in zip(
+            STORE_FAMILIES, before["other"][key], after["other"][key], strict=True
+        )
+        if old is not new
+    }
+    assert {"crmsync_pending_records", "crmsync_collections_total"} <= changed
+    assert not changed & {
+        "crmsync_records_synced_total",
+        "crmsync_sync_errors_total",
+        "crmsync_sync_latency_seconds",
+        "crmsync_up",
+    }
     body = metrics.page(accept, "").body
     assert body == reference(accept, states, clock, extras())
     served = samples(body.decode()) if not accept else None
     if served is not None:
         assert sum(by_name(served, "crmsync_pending_records").values()) == 200 + 207
+
+    # Its counters move: their families are encoded again, and served as counted.
+    add_history(writer, 30, seed=12, hours=0.01)
+    states[2] = other.run_once()
+    metrics.publish()
+    assert metrics.page(accept, "").body == reference(accept, states, clock, extras())
     other.close()
 
 
