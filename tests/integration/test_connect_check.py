@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import random
 import re
 from collections.abc import Iterator
@@ -17,34 +14,20 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from crmsync_testing.exporter_cli import run_cli
 from crmsync_testing.helpers import add_errors, add_history, add_pending, utcnow
 from crmsync_testing.mapped_store import MAPPED, crm_changes
 from crmsync_testing.trigger_log import TriggerLog, trigger_log_table
-from exporter import cli
 from exporter.schema import create_reference_schema, sync_queue
-
-
-@contextlib.contextmanager
-def isolated_logging() -> Iterator[None]:
-    """main() installs its own log handler: give the root logger back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def run_check(tmp_path: Path, store: dict[str, Any], *flags: str) -> tuple[int, str, str]:
     """``crmsync-exporter --config.file F --config.connect-check``: exit code, stdout, stderr."""
     path = tmp_path / "crmsync-exporter.yml"
     path.write_text(yaml.safe_dump({"stores": [{"name": "main", **store}]}))
-    out, err = io.StringIO(), io.StringIO()
-    with isolated_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["--config.file", str(path), *(flags or ["--config.connect-check"])])
-    assert "Traceback" not in out.getvalue() + err.getvalue()
-    return code, out.getvalue(), err.getvalue()
+    code, out, err = run_cli(["--config.file", str(path), *(flags or ["--config.connect-check"])])
+    assert "Traceback" not in out + err
+    return code, out, err
 
 
 def findings(report: str, indexes: bool = True) -> list[str]:
