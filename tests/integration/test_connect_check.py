@@ -17,7 +17,7 @@ import yaml
 from crmsync_testing.exporter_cli import run_cli
 from crmsync_testing.helpers import add_errors, add_history, add_pending, utcnow
 from crmsync_testing.mapped_store import MAPPED, crm_changes
-from crmsync_testing.trigger_log import TriggerLog, trigger_log_table
+from crmsync_testing.trigger_log import TriggerLog, heroku_connect_schema
 from exporter.schema import create_reference_schema, sync_queue
 
 
@@ -280,14 +280,7 @@ def test_a_store_that_cannot_be_reached(tmp_path: Path) -> None:
 
 def test_the_heroku_connect_preset(postgres_url: str, tmp_path: Path) -> None:
     """The trigger log and its archive, read through the preset: every table the preset reads."""
-    engine = sa.create_engine(postgres_url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("CREATE SCHEMA hc_check"))
-    try:
-        metadata = sa.MetaData(schema="hc_check")
-        log = trigger_log_table(metadata, "_trigger_log", aware=True)
-        archive = trigger_log_table(metadata, "_trigger_log_archive", aware=True)
-        metadata.create_all(engine)
+    with heroku_connect_schema(postgres_url, "hc_check") as (engine, log, archive):
         writer = TriggerLog(engine, log, archive, random.Random(7))
         writer.capture(30, utcnow() - timedelta(minutes=3))
         writer.process(0.5, utcnow())
@@ -312,7 +305,3 @@ def test_the_heroku_connect_preset(postgres_url: str, tmp_path: Path) -> None:
         ]
         assert "    backlog: reads all of _trigger_log\n" in report
         assert "    new history rows: indexed\n" in report
-    finally:
-        with engine.begin() as connection:
-            connection.execute(sa.text("DROP SCHEMA hc_check CASCADE"))
-        engine.dispose()
