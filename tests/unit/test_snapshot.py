@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
@@ -30,7 +31,7 @@ from crmsync_testing.helpers import (
     series_total,
     sql_counts,
 )
-from exporter.metrics import SyncStoreCollector
+from exporter.metrics import SyncStoreCollector, age_family
 from exporter.runner import StoreRunner, StoreState
 from exporter.schema import create_reference_schema
 from exporter.sharding import Shard, ShardInfo
@@ -134,18 +135,51 @@ def test_the_body_is_what_prometheus_client_writes_for_the_same_families(
     # latest snapshot in it, and collections from then on encode it ahead.
     assert (content_type in metrics.snapshot.encoded) is (accept == PROMETHEUS_ACCEPT)
     for _ in range(2):
-        families = metrics.snapshot.families
+        collection = metrics.snapshot.states
         expected = reference(accept, states, clock, more)
         page = metrics.page(accept, "")
         assert (page.body, page.content_type, page.compressed) == (expected, content_type, False)
         assert content_type in metrics.snapshot.encoded
-        assert metrics.snapshot.families is families  # still the same collection's
+        assert metrics.snapshot.states is collection  # still the same collection's
         zipped = metrics.page(accept, "gzip")
         assert zipped.compressed
         assert gzip.decompress(zipped.body) == expected
         clock.now += 1.5
         metrics.publish()
         assert content_type in metrics.snapshot.encoded
+
+
+@pytest.mark.parametrize("accept", ACCEPTS.values(), ids=ACCEPTS.keys())
+def test_stores_are_encoded_when_their_state_changes_and_laid_out_family_by_family(
+    store: tuple[StoreRunner, sa.Engine, int, int], sqlite_url: str, accept: str
+) -> None:
+    runner, writer, *_ = store
+    other = runner_for(sqlite_url, name="other")
+    assert other.run_once().last_error is None
+    never_read = StoreState(store="never-read")
+    states = [runner.state, never_read, other.state]
+    clock = Clock(runner.state.gauges_taken + 2.0)
+    metrics = LatestSnapshot(lambda: states, extras(), clock)
+    metrics.page(accept, "")  # encoded ahead in this format from now on
+    metrics.publish()
+    assert metrics.page(accept, "").body == reference(accept, states, clock, extras())
+    before = {text.state.store: text.lines for text in metrics.snapshot.stores}
+
+    # One store's collection ends: only its samples are encoded again.
+    add_pending(writer, 7, seed=11)
+    states[2] = other.run_once()
+    metrics.publish()
+    after = {text.state.store: text.lines for text in metrics.snapshot.stores}
+    key = choose_encoder(accept)[1]
+    assert after["main"][key] is before["main"][key]
+    assert after["never-read"][key] is before["never-read"][key]
+    assert after["other"][key] != before["other"][key]
+    body = metrics.page(accept, "").body
+    assert body == reference(accept, states, clock, extras())
+    served = samples(body.decode()) if not accept else None
+    if served is not None:
+        assert sum(by_name(served, "crmsync_pending_records").values()) == 200 + 207
+    other.close()
 
 
 def ages(result: Samples) -> dict[tuple[str, ...], float]:
@@ -173,6 +207,38 @@ def test_ages_advance_between_scrapes_without_a_new_collection(
     assert [line for line in first.splitlines() if not line.startswith(AGES)] == [
         line for line in second.splitlines() if not line.startswith(AGES)
     ]
+
+
+def test_scrapes_arriving_together_encode_the_ages_once(
+    store: tuple[StoreRunner, sa.Engine, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, *_ = store
+    clock = Clock(runner.state.gauges_taken + 1.0)
+    metrics = LatestSnapshot(lambda: [runner.state], extras(), clock)
+    metrics.publish()
+    built: list[float] = []
+
+    def slow_ages(states: Sequence[StoreState], now: float) -> Metric:
+        built.append(now)
+        time.sleep(0.05)  # long enough for every scraper to arrive meanwhile
+        return age_family(states, now)
+
+    monkeypatch.setattr("exporter.snapshot.age_family", slow_ages)
+    pages: list[bytes] = []
+    scrapers = [
+        threading.Thread(target=lambda: pages.append(metrics.page(PROMETHEUS_ACCEPT, "").body))
+        for _ in range(8)
+    ]
+    for scraper in scrapers:
+        scraper.start()
+    for scraper in scrapers:
+        scraper.join(10)
+    assert len(pages) == 8
+    assert len(set(pages)) == 1
+    assert len(built) == 1
+    clock.now += 1.0  # the next second's scrape encodes them anew
+    metrics.page(PROMETHEUS_ACCEPT, "")
+    assert len(built) == 2
 
 
 def test_a_scrape_during_a_collection_gets_the_whole_previous_snapshot(
@@ -294,6 +360,32 @@ def test_gauges_gone_stale_vanish_at_the_next_scrape_without_a_collection(
     assert by_name(stale, "crmsync_up") == {frozenset({("store", "main")}): 0.0}
     assert not any(by_name(stale, name) for name in STORE_GAUGES)
     assert counters(stale) == kept
+
+
+def test_a_store_waiting_for_a_worker_past_its_freshness_costs_scrapes_no_rebuild(
+    store: tuple[StoreRunner, sa.Engine, int, int],
+) -> None:
+    runner, _, _, _ = store
+    clock = Clock(runner.state.gauges_taken + 1.0)
+    metrics = LatestSnapshot(lambda: [runner.state], extras(), clock)
+    metrics.publish()
+    metrics.page("", "")  # the text format, encoded ahead from now on
+    snapshot = metrics.snapshot
+
+    # Queued behind other stores' collections: still up past fresh_until, so the scrapes
+    # read the same snapshot rather than rebuilding every store's metrics each time.
+    runner.queue_wait.waiting(runner.state.fresh_until - 1.0)
+    clock.now = runner.state.fresh_until + 5.0
+    waiting = samples(metrics.page("", "").body.decode())
+    assert metrics.snapshot is snapshot
+    assert by_name(waiting, "crmsync_up") == {frozenset({("store", "main")}): 1.0}
+
+    # Its cycle starts and hangs: from then on the wait no longer counts, and it goes stale.
+    runner.queue_wait.started(runner.state.fresh_until + 5.0)
+    clock.now = runner.state.fresh_until + 6.5
+    stale = samples(metrics.page("", "").body.decode())
+    assert metrics.snapshot is not snapshot
+    assert by_name(stale, "crmsync_up") == {frozenset({("store", "main")}): 0.0}
 
 
 def test_formats_are_encoded_ahead_while_scraped_and_within_bounds(
