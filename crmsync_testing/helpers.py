@@ -160,6 +160,30 @@ def series_total(result: Samples, name: str) -> dict[tuple[str, ...], float]:
     return totals
 
 
+def served_last_hour(result: Samples) -> dict[tuple[str, str], float]:
+    """``crmsync_records_synced_last_hour`` keyed by (object, direction)."""
+    return {
+        (dict(labels)["object"], dict(labels)["direction"]): value
+        for labels, value in by_name(result, "crmsync_records_synced_last_hour").items()
+    }
+
+
+def synced_between(
+    engine: sa.Engine, start: datetime, end: datetime
+) -> dict[tuple[str, str], float]:
+    """An independent count of the history rows synced in [start, end) per (object, direction),
+    0 for each pair with none: what ``served_last_hour`` must show for that hour."""
+    query = sa.text(
+        "SELECT object_type, direction, COUNT(*) FROM sync_history "
+        "WHERE synced_at >= :start AND synced_at < :end GROUP BY object_type, direction"
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query, {"start": start, "end": end}).all()
+    counts = {(obj, direction): 0.0 for obj in OBJECTS for direction in DIRECTIONS}
+    counts.update({(obj, direction): float(count) for obj, direction, count in rows})
+    return counts
+
+
 def sql_counts(engine: sa.Engine, query: str) -> dict[tuple[str, ...], float]:
     """An independent GROUP BY count: the last column is the count, the rest the key."""
     with engine.connect() as connection:

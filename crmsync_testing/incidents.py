@@ -12,7 +12,6 @@ them into alerts/tests/incidents_test.yml:
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from crmsync_testing.timeline import (
     render,
     steps,
 )
+from crmsync_tools.generated_files import check_generated, write_generated
 
 OUTPUT = Path(__file__).resolve().parents[1] / "alerts" / "tests" / "incidents_test.yml"
 
@@ -291,16 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check the file is current")
     args = parser.parse_args(argv)
-    text = render(SCENARIOS)
+    files = {OUTPUT.name: render(SCENARIOS)}
     if args.check:
-        if not OUTPUT.is_file() or OUTPUT.read_text(encoding="utf-8") != text:
-            print(
-                f"{OUTPUT} is not current: run python -m crmsync_testing.incidents",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
+        return check_generated(OUTPUT.parent, files, "python -m crmsync_testing.incidents")
+    write_generated(OUTPUT.parent, files)
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,6 +46,25 @@ def trigger_log_table(metadata: sa.MetaData, name: str, aware: bool) -> sa.Table
         sa.Column("sf_message", sa.Text),
         sa.Index(f"ix_{name}_processed_at", "processed_at"),
     )
+
+
+@contextmanager
+def heroku_connect_schema(url: str, schema: str) -> Iterator[tuple[sa.Engine, sa.Table, sa.Table]]:
+    """_trigger_log and _trigger_log_archive in a PostgreSQL schema of their own, as Heroku
+    Connect keeps them: an engine on ``url`` and the two tables, all dropped afterwards."""
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        metadata = sa.MetaData(schema=schema)
+        log = trigger_log_table(metadata, "_trigger_log", aware=True)
+        archive = trigger_log_table(metadata, "_trigger_log_archive", aware=True)
+        metadata.create_all(engine)
+        yield engine, log, archive
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
 
 
 FAILURES = (*MESSAGES, "REQUIRED_FIELD_MISSING: Required fields are missing: [LastName]")

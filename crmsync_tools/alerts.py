@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from crmsync_tools.generated_files import check_generated, write_generated
 from exporter.arguments import command_parser, setup_logging_from
 from exporter.durations import UNIT_SECONDS, parse_duration
 from exporter.metric_specs import LATENCY
@@ -1062,22 +1063,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     if args.check:
-        stale = [
-            name
-            for name, text in files.items()
-            if not (args.output_dir / name).is_file()
-            or (args.output_dir / name).read_text(encoding="utf-8") != text
-        ]
-        for name in stale:
-            print(
-                f"{args.output_dir / name} is not current: run crmsync-alerts",
-                file=sys.stderr,
-            )
-        return 1 if stale else 0
-
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (args.output_dir / name).write_text(text, encoding="utf-8")
+        return check_generated(args.output_dir, files, "crmsync-alerts")
+    write_generated(args.output_dir, files)
     return 0
 
 

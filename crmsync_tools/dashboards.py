@@ -51,6 +51,7 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEdito
 from sqlalchemy.engine import make_url
 
 from crmsync_tools.dashboard_sql import REPORTED_ERROR_CODES, REPORTED_OBJECTS, SqlDialect, StoreSql
+from crmsync_tools.generated_files import write_generated
 from exporter.arguments import command_parser, setup_logging_from
 from exporter.config import ConfigError, StoreConfig, load_config
 from exporter.metric_specs import LATENCY_BUCKETS
@@ -1544,10 +1545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"crmsync-dashboards: {error}", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    for file_name, built in dashboards.items():
-        (args.out / file_name).write_text(render(built), encoding="utf-8")
-        print(f"{args.out / file_name}")
+    files = {file_name: render(built) for file_name, built in dashboards.items()}
+    for path in write_generated(args.out, files):
+        print(path)
     return 0
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from exporter.config import StoreConfig
+from exporter.config import ErrorTable, HistoryTable, StoreConfig
 
 ColumnKind = Literal["id", "value", "timestamp", "text"]
 User = Literal["exporter", "dashboards"]
@@ -177,6 +177,31 @@ def _qualified(name: str, store: StoreConfig) -> str:
     return name if "." in name or store.schema_ is None else f"{store.schema_}.{name}"
 
 
+def _append_only_reads(
+    role: str, table_config: HistoryTable | ErrorTable, store: StoreConfig, *needs: IndexNeed
+) -> list[TableRead]:
+    """An append-only table (history or errors) and its archive, if any, read alike: new rows
+    by id, and ``needs``."""
+    prefix = f"mapping.{role}"
+    return [
+        TableRead(
+            role=role,
+            key=f"{prefix}.{key}",
+            name=_qualified(name, store),
+            newest_first=table_config.id,
+            columns=_columns(prefix, table_config, store),
+            values=tuple(_label_values(store, _column_names(table_config, store))),
+            indexes=(IndexNeed("id", (table_config.id,), (), "new rows by id"), *needs),
+            naive_time_zone=store.naive_time_zone,
+        )
+        for key, name in (
+            ("table", table_config.table),
+            ("archive_table", table_config.archive_table),
+        )
+        if name is not None
+    ]
+
+
 def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
     """Every table ``store``'s layout reads, with its columns, values and index needs."""
     mapping = store.mapping
@@ -242,38 +267,25 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
     ]
     history, errors = mapping.history, mapping.errors
     if history is not None:
-        for key, name in (("table", history.table), ("archive_table", history.archive_table)):
-            if name is None:
-                continue
-            reads.append(
-                TableRead(
-                    role="history",
-                    key=f"mapping.history.{key}",
-                    name=_qualified(name, store),
-                    newest_first=history.id,
-                    columns=_columns("mapping.history", history, store),
-                    values=tuple(_label_values(store, _column_names(history, store))),
-                    indexes=(
-                        IndexNeed("id", (history.id,), (), "new rows by id"),
-                        IndexNeed(
-                            "synced_at",
-                            (history.synced_at,),
-                            (),
-                            "the last full hour and rows stamped in the future",
-                        ),
-                    ),
-                    naive_time_zone=zone,
-                )
-            )
+        reads += _append_only_reads(
+            "history",
+            history,
+            store,
+            IndexNeed(
+                "synced_at",
+                (history.synced_at,),
+                (),
+                "the last full hour and rows stamped in the future",
+            ),
+        )
     if errors is not None:
         needs = [
-            IndexNeed("id", (errors.id,), (), "new rows by id"),
             IndexNeed(
                 "failed_at",
                 (errors.failed_at,),
                 (),
                 "rows stamped in the future, and the errors dashboard's pages",
-            ),
+            )
         ]
         if mapping.failing_from_errors:
             needs.append(
@@ -284,19 +296,5 @@ def store_reads(store: StoreConfig) -> tuple[TableRead, ...]:
                     "the failing changes (error rows newer than their queue row)",
                 )
             )
-        for key, name in (("table", errors.table), ("archive_table", errors.archive_table)):
-            if name is None:
-                continue
-            reads.append(
-                TableRead(
-                    role="errors",
-                    key=f"mapping.errors.{key}",
-                    name=_qualified(name, store),
-                    newest_first=errors.id,
-                    columns=_columns("mapping.errors", errors, store),
-                    values=tuple(_label_values(store, _column_names(errors, store))),
-                    indexes=tuple(needs),
-                    naive_time_zone=zone,
-                )
-            )
+        reads += _append_only_reads("errors", errors, store, *needs)
     return tuple(reads)

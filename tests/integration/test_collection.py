@@ -15,8 +15,6 @@ import pytest
 import sqlalchemy as sa
 
 from crmsync_testing.helpers import (
-    DIRECTIONS,
-    OBJECTS,
     add_errors,
     add_history,
     add_pending,
@@ -30,7 +28,9 @@ from crmsync_testing.helpers import (
     nonzero,
     runner_for,
     series_total,
+    served_last_hour,
     sql_counts,
+    synced_between,
     utcnow,
 )
 from exporter.metric_specs import LATENCY_BUCKETS
@@ -330,18 +330,5 @@ def test_last_full_hour(store_url: str, engine: sa.Engine) -> None:
     hour_end = now.replace(minute=0, second=0, microsecond=0)
     if (now - hour_end).total_seconds() < 5:
         pytest.skip("too close to the hour boundary to compare")
-    query = sa.text(
-        "SELECT object_type, direction, COUNT(*) FROM sync_history "
-        "WHERE synced_at >= :start AND synced_at < :end GROUP BY object_type, direction"
-    )
-    with engine.connect() as connection:
-        rows = connection.execute(
-            query, {"start": hour_end - timedelta(hours=1), "end": hour_end}
-        ).all()
-    expected = {(obj, direction): 0.0 for obj in OBJECTS for direction in DIRECTIONS}
-    expected.update({(obj, direction): float(count) for obj, direction, count in rows})
-    served = {
-        (dict(labels)["object"], dict(labels)["direction"]): value
-        for labels, value in by_name(result, "crmsync_records_synced_last_hour").items()
-    }
-    assert served == expected
+    expected = synced_between(engine, hour_end - timedelta(hours=1), hour_end)
+    assert served_last_hour(result) == expected

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import random
 import re
 from collections.abc import Iterator
@@ -17,34 +14,20 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from crmsync_testing.exporter_cli import run_cli
 from crmsync_testing.helpers import add_errors, add_history, add_pending, utcnow
 from crmsync_testing.mapped_store import MAPPED, crm_changes
-from crmsync_testing.trigger_log import TriggerLog, trigger_log_table
-from exporter import cli
+from crmsync_testing.trigger_log import TriggerLog, heroku_connect_schema
 from exporter.schema import create_reference_schema, sync_queue
-
-
-@contextlib.contextmanager
-def isolated_logging() -> Iterator[None]:
-    """main() installs its own log handler: give the root logger back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def run_check(tmp_path: Path, store: dict[str, Any], *flags: str) -> tuple[int, str, str]:
     """``crmsync-exporter --config.file F --config.connect-check``: exit code, stdout, stderr."""
     path = tmp_path / "crmsync-exporter.yml"
     path.write_text(yaml.safe_dump({"stores": [{"name": "main", **store}]}))
-    out, err = io.StringIO(), io.StringIO()
-    with isolated_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["--config.file", str(path), *(flags or ["--config.connect-check"])])
-    assert "Traceback" not in out.getvalue() + err.getvalue()
-    return code, out.getvalue(), err.getvalue()
+    code, out, err = run_cli(["--config.file", str(path), *(flags or ["--config.connect-check"])])
+    assert "Traceback" not in out + err
+    return code, out, err
 
 
 def findings(report: str, indexes: bool = True) -> list[str]:
@@ -297,14 +280,7 @@ def test_a_store_that_cannot_be_reached(tmp_path: Path) -> None:
 
 def test_the_heroku_connect_preset(postgres_url: str, tmp_path: Path) -> None:
     """The trigger log and its archive, read through the preset: every table the preset reads."""
-    engine = sa.create_engine(postgres_url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("CREATE SCHEMA hc_check"))
-    try:
-        metadata = sa.MetaData(schema="hc_check")
-        log = trigger_log_table(metadata, "_trigger_log", aware=True)
-        archive = trigger_log_table(metadata, "_trigger_log_archive", aware=True)
-        metadata.create_all(engine)
+    with heroku_connect_schema(postgres_url, "hc_check") as (engine, log, archive):
         writer = TriggerLog(engine, log, archive, random.Random(7))
         writer.capture(30, utcnow() - timedelta(minutes=3))
         writer.process(0.5, utcnow())
@@ -329,7 +305,3 @@ def test_the_heroku_connect_preset(postgres_url: str, tmp_path: Path) -> None:
         ]
         assert "    backlog: reads all of _trigger_log\n" in report
         assert "    new history rows: indexed\n" in report
-    finally:
-        with engine.begin() as connection:
-            connection.execute(sa.text("DROP SCHEMA hc_check CASCADE"))
-        engine.dispose()

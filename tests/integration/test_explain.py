@@ -10,18 +10,16 @@ plus the statements a quiet cycle may skip (gap probes, the last-hour count), bu
 from __future__ import annotations
 
 import inspect
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import Connection, Select
 
 from crmsync_testing.filled_stores import PostgresStore, Size, exporter_settings
 from crmsync_testing.helpers import store_config
-from crmsync_testing.servers import POSTGRES_ADMIN, server_engine
+from crmsync_testing.servers import postgres_schema
 from crmsync_testing.statements import StatementRecorder
 from exporter.collection import StoreReader
 from exporter.feeds import PAGE_ROWS
@@ -39,20 +37,13 @@ DECODERS = {"decode", "read_moment", "backlog_row", "hour_row", "failing_row"}
 @pytest.fixture(scope="module")
 def store() -> Iterator[PostgresStore]:
     """One schema for the module (filling it is the slow part), dropped afterwards."""
-    admin = server_engine(POSTGRES_ADMIN, "PostgreSQL")
-    schema = f"crmsync_explain_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.make_url(POSTGRES_ADMIN).update_query_dict({"options": f"-csearch_path={schema}"})
-    store = PostgresStore(url.render_as_string(hide_password=False), history_per_second=0.1)
-    try:
-        store.fill(Size(pending=20_000, history=200_000, errors=10_000), lambda _: None)
-        yield store
-    finally:
-        store.close()
-        with admin.begin() as connection:
-            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema() as url:
+        store = PostgresStore(url, history_per_second=0.1)
+        try:
+            store.fill(Size(pending=20_000, history=200_000, errors=10_000), lambda _: None)
+            yield store
+        finally:
+            store.close()
 
 
 def seq_scans(plan: dict[str, Any]) -> Iterator[str]:

@@ -8,7 +8,14 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from crmsync_testing.helpers import DIRECTIONS, OBJECTS, add_history, by_name, collect, runner_for
+from crmsync_testing.helpers import (
+    add_history,
+    by_name,
+    collect,
+    runner_for,
+    served_last_hour,
+    synced_between,
+)
 from exporter.collection import previous_full_hour
 from exporter.config import ConfigError, parse_config
 from exporter.schema import create_reference_schema
@@ -98,24 +105,13 @@ def test_the_gauge_counts_the_zones_last_full_hour(store_url: str, zone: str) ->
     start, end = hour_by_walking_back(after, zone)
     if hour_by_walking_back(before, zone) != (start, end):
         pytest.skip("the collection straddled the zone's full hour")
-    query = sa.text(
-        "SELECT object_type, direction, COUNT(*) FROM sync_history "
-        "WHERE synced_at >= :start AND synced_at < :end GROUP BY object_type, direction"
+    expected = synced_between(
+        engine,
+        datetime.fromtimestamp(start, UTC).replace(tzinfo=None),
+        datetime.fromtimestamp(end, UTC).replace(tzinfo=None),
     )
-    bounds = {
-        "start": datetime.fromtimestamp(start, UTC).replace(tzinfo=None),
-        "end": datetime.fromtimestamp(end, UTC).replace(tzinfo=None),
-    }
-    with engine.connect() as connection:
-        rows = connection.execute(query, bounds).all()
     engine.dispose()
-    expected = {(obj, direction): 0.0 for obj in OBJECTS for direction in DIRECTIONS}
-    expected.update({(obj, direction): float(count) for obj, direction, count in rows})
-    served = {
-        (dict(labels)["object"], dict(labels)["direction"]): value
-        for labels, value in by_name(result, "crmsync_records_synced_last_hour").items()
-    }
-    assert served == expected
+    assert served_last_hour(result) == expected
     assert sum(expected.values()) > 0
     (served_start,) = by_name(
         result, "crmsync_records_synced_last_hour_start_timestamp_seconds"

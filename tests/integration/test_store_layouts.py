@@ -28,6 +28,7 @@ from crmsync_testing.trigger_log import (
     CODE,
     MESSAGES,
     TriggerLog,
+    heroku_connect_schema,
     timestamp_type,
     trigger_log_table,
 )
@@ -454,21 +455,10 @@ def test_a_trigger_log_with_an_archive_counts_each_change_once(
 
 
 def test_the_heroku_connect_preset_reads_its_trigger_log_and_archive(postgres_url: str) -> None:
-    engine = sa.create_engine(postgres_url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("CREATE SCHEMA hc_sf"))
-    try:
-        metadata = sa.MetaData(schema="hc_sf")
-        log = trigger_log_table(metadata, "_trigger_log", aware=True)
-        archive = trigger_log_table(metadata, "_trigger_log_archive", aware=True)
-        metadata.create_all(engine)
+    with heroku_connect_schema(postgres_url, "hc_sf") as (engine, log, archive):
         settings = {"preset": "heroku-connect", "schema": "hc_sf"}
         result, since = run_trigger_log(engine, log, archive, settings, postgres_url, True)
         check_trigger_log(result, engine, "hc_sf._trigger_log", "hc_sf._trigger_log_archive", since)
-    finally:
-        with engine.begin() as connection:
-            connection.execute(sa.text("DROP SCHEMA hc_sf CASCADE"))
-        engine.dispose()
 
 
 # --- failing changes from error rows newer than the queue row ---------------------------------

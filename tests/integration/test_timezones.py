@@ -20,11 +20,11 @@ from crmsync_testing.helpers import (
     DIRECTIONS,
     OBJECTS,
     OPERATIONS,
-    by_name,
     collect,
     queue_table,
     runner_for,
     series_total,
+    served_last_hour,
     store_config,
 )
 from exporter.dialects import Comparison, SQLite
@@ -209,13 +209,6 @@ def insert(engine: sa.Engine, table: str, rows: list[dict[str, Any]]) -> None:
     columns: list[sa.ColumnClause[Any]] = [sa.column(name) for name in rows[0]]
     with engine.begin() as connection:
         connection.execute(sa.table(table, *columns).insert(), rows)
-
-
-def served_last_hour(result: Any) -> dict[tuple[str, str], float]:
-    return {
-        (dict(labels)["object"], dict(labels)["direction"]): value
-        for labels, value in by_name(result, "crmsync_records_synced_last_hour").items()
-    }
 
 
 def in_last_hour(instant: datetime) -> bool:

@@ -20,9 +20,8 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +46,7 @@ from crmsync_testing.alerting import (
     wait_until,
     webhook,
 )
-from crmsync_testing.servers import IN_CI, POSTGRES_ADMIN, unavailable
+from crmsync_testing.servers import postgres_schema, unavailable
 from crmsync_testing.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(300)]
@@ -106,6 +105,15 @@ OBJECTS = ("lead", "contact", "account", "opportunity")
 DIRECTIONS = ("to_crm", "from_crm")
 
 
+def unix_time(stamp: datetime | str | None) -> float | None:
+    """A naive UTC timestamp read from a store (SQLite's is text) as Unix time."""
+    if stamp is None:
+        return None
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp)
+    return float(stamp.replace(tzinfo=UTC).timestamp())
+
+
 def first_arrival(url: str, since: float = 0.0) -> float | None:
     """Unix time of the first change written to a store at or after ``since`` (Unix time),
     or None before there is one."""
@@ -124,11 +132,7 @@ def first_arrival(url: str, since: float = 0.0) -> float | None:
         return None
     finally:
         engine.dispose()
-    if first is None:
-        return None
-    if isinstance(first, str):
-        first = datetime.fromisoformat(first)
-    return float(first.replace(tzinfo=UTC).timestamp())
+    return unix_time(first)
 
 
 def last_sync(url: str) -> float | None:
@@ -141,11 +145,7 @@ def last_sync(url: str) -> float | None:
             ).scalar_one()
     finally:
         engine.dispose()
-    if last is None:
-        return None
-    if isinstance(last, str):
-        last = datetime.fromisoformat(last)
-    return float(last.replace(tzinfo=UTC).timestamp())
+    return unix_time(last)
 
 
 def has_schema(path: Path) -> bool:
@@ -158,31 +158,6 @@ def has_schema(path: Path) -> bool:
     except sqlite3.Error:
         return False
     return {"sync_queue", "sync_history", "sync_error"} <= {name for (name,) in rows}
-
-
-@contextmanager
-def postgres_store() -> Iterator[str | None]:
-    """A schema of its own on the test PostgreSQL server, or None where there is none."""
-    admin = sa.create_engine(POSTGRES_ADMIN)
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError:
-        admin.dispose()
-        if IN_CI:
-            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN} (CI=true: required)")
-        yield None
-        return
-    schema = f"crmsync_e2e_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.make_url(POSTGRES_ADMIN).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 class Flapper:
@@ -363,7 +338,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
             stores.append({"name": scenario, "url": url, "interval": "1s", **COUNTER_HOLD})
             first = "steady" if scenario in INCIDENTS else scenario
             launch(scenario, _simulator(first, url, rates[scenario], seed, work))
-        postgres = stack.enter_context(postgres_store())
+        try:
+            postgres: str | None = stack.enter_context(postgres_schema())
+        except pytest.skip.Exception:
+            postgres = None  # no PostgreSQL here: the other stores run without "flapping"
         if postgres is not None:
             # the stalled engine writes to PostgreSQL directly; the exporter reads through a
             # proxy that is cut before every other collection

@@ -7,14 +7,10 @@ start-up path (engines built, then stopped by an unusable listen address).
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +20,8 @@ import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from crmsync_testing.exporter_cli import run_cli
 from crmsync_testing.helpers import runner_for, utcnow
-from exporter import cli
 
 VALID: dict[str, Any] = {
     "stores": [
@@ -66,18 +62,6 @@ CRAFTED_NAMES = [
 ]
 
 
-@contextlib.contextmanager
-def isolated_logging() -> Iterator[None]:
-    """main() installs its own log handler: give the root logger back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 def run_main(text: str | bytes, *args: str) -> tuple[int, str, str]:
     """``crmsync-exporter --config.file FILE ARGS`` in this process: (exit code, stdout, stderr)."""
     with tempfile.TemporaryDirectory() as directory:
@@ -86,10 +70,7 @@ def run_main(text: str | bytes, *args: str) -> tuple[int, str, str]:
             path.write_bytes(text)
         else:
             path.write_text(text, encoding="utf-8", errors="surrogatepass")
-        out, err = io.StringIO(), io.StringIO()
-        with isolated_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(["--config.file", str(path), *args])
-    return code, out.getvalue(), err.getvalue()
+        return run_cli(["--config.file", str(path), *args])
 
 
 def assert_clear_outcome(code: int, stdout: str, stderr: str) -> None:
@@ -230,10 +211,8 @@ def test_known_nasty_files_give_a_clear_outcome(text: str) -> None:
 def test_binary_and_unreadable_files(tmp_path: Path) -> None:
     assert_clear_outcome(*run_main(b"\xff\xfe\x00garbage"))
     for args in (["--config.file", str(tmp_path)], ["--config.file", str(tmp_path / "none")]):
-        out, err = io.StringIO(), io.StringIO()
-        with isolated_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main([*args, "--config.check"])
-        assert_clear_outcome(code, out.getvalue(), err.getvalue())
+        code, out, err = run_cli([*args, "--config.check"])
+        assert_clear_outcome(code, out, err)
         assert code == 1
 
 
@@ -443,10 +422,8 @@ def test_each_bad_configuration_has_its_exact_message(
 ) -> None:
     path = tmp_path / "config.yml"
     path.write_text(text.replace("{dir}", str(tmp_path)))
-    out, err = io.StringIO(), io.StringIO()
-    with isolated_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["--config.file", str(path), "--config.check"])
-    assert (code, err.getvalue()) == (1, f"invalid configuration {path}:\n  {problem}\n")
+    code, _, err = run_cli(["--config.file", str(path), "--config.check"])
+    assert (code, err) == (1, f"invalid configuration {path}:\n  {problem}\n")
 
 
 def test_each_unreadable_file_is_named(tmp_path: Path) -> None:
@@ -483,10 +460,8 @@ def test_each_unreadable_file_is_named(tmp_path: Path) -> None:
     web.write_text(f"tls_server_config:\n  cert_file: {missing}.crt\n  key_file: {missing}.key\n")
     for args, expected in cases:
         filled = [arg.format(config=config, web=web) for arg in args]
-        out, err = io.StringIO(), io.StringIO()
-        with isolated_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main([*filled, "--config.check"])
-        assert (code, err.getvalue()) == (1, expected.format(web=web))
+        code, _, err = run_cli([*filled, "--config.check"])
+        assert (code, err) == (1, expected.format(web=web))
 
     for extra, message in (
         (
