@@ -62,16 +62,21 @@ def age_family(states: Sequence[StoreState], now: float) -> Metric:
     """The oldest pending ages at ``now``, on the database's clock."""
     age = specs.OLDEST_AGE.gauge()
     for state in states:
-        gauges = state.gauges
-        if gauges is None or not state.up(now):
-            continue
-        db_now = gauges.db_now + (now - state.gauges_taken)
-        for series, backlog in gauges.backlog.items():
-            oldest = backlog.oldest
-            age.add_metric(
-                [state.store, *series], 0.0 if oldest is None else max(0.0, db_now - oldest)
-            )
+        for series, value in store_ages(state, now).items():
+            age.add_metric([state.store, *series], value)
     return age
+
+
+def store_ages(state: StoreState, now: float) -> dict[Series, float]:
+    """One store's oldest pending ages at ``now`` (none unless its gauges are fresh), by series."""
+    gauges = state.gauges
+    if gauges is None or not state.up(now):
+        return {}
+    db_now = gauges.db_now + (now - state.gauges_taken)
+    return {
+        series: 0.0 if backlog.oldest is None else max(0.0, db_now - backlog.oldest)
+        for series, backlog in gauges.backlog.items()
+    }
 
 
 @dataclass(frozen=True)

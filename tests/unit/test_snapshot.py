@@ -31,11 +31,18 @@ from crmsync_testing.helpers import (
     series_total,
     sql_counts,
 )
-from exporter.metrics import STORE_FAMILIES, SyncStoreCollector, age_family
+from exporter.metrics import STORE_FAMILIES, SyncStoreCollector
 from exporter.runner import StoreRunner, StoreState
 from exporter.schema import create_reference_schema
 from exporter.sharding import Shard, ShardInfo
-from exporter.snapshot import FORMAT_MEMORY, MAX_FORMATS, PROMETHEUS_ACCEPT, LatestSnapshot
+from exporter.snapshot import (
+    FORMAT_MEMORY,
+    MAX_FORMATS,
+    PROMETHEUS_ACCEPT,
+    LatestSnapshot,
+    Layout,
+    Snapshot,
+)
 
 PROMETHEUS_3_ACCEPT = (
     "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
@@ -238,13 +245,14 @@ def test_scrapes_arriving_together_encode_the_ages_once(
     metrics = LatestSnapshot(lambda: [runner.state], extras(), clock)
     metrics.publish()
     built: list[float] = []
+    encode_ages = Layout.ages
 
-    def slow_ages(states: Sequence[StoreState], now: float) -> Metric:
+    def slow_ages(layout: Layout, snapshot: Snapshot, now: float) -> bytes:
         built.append(now)
         time.sleep(0.05)  # long enough for every scraper to arrive meanwhile
-        return age_family(states, now)
+        return encode_ages(layout, snapshot, now)
 
-    monkeypatch.setattr("exporter.snapshot.age_family", slow_ages)
+    monkeypatch.setattr(Layout, "ages", slow_ages)
     pages: list[bytes] = []
     scrapers = [
         threading.Thread(target=lambda: pages.append(metrics.page(PROMETHEUS_ACCEPT, "").body))
