@@ -19,6 +19,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, cast
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -53,6 +54,7 @@ _GZIP_LEVEL = 1
 # snapshot keeps its text's blocks; each scrape appends the final blocks of its own part and
 # carries the CRC on.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+_CHUNK = 1 << 20
 _ZERO_VALUE = b"0.0\n"
 _float_text = cast(Callable[[float], str], floatToGoString)
 """How both encoders write a sample's value."""
@@ -90,32 +92,63 @@ class Format:
 
 @dataclass(frozen=True)
 class Encoded:
-    """The head of a body in one format: its text, and the same compressed, to be continued."""
+    """The head of a body in one format, compressed, to be continued by each scrape's tail.
 
-    text: bytes
+    Its text is not kept (Prometheus asks for gzip): ``text`` lays it out again for a scrape
+    that does not.
+    """
+
+    text: Callable[[], bytes]
     deflated: bytes
-    """Raw deflate blocks of ``text``, not final, ending on a byte boundary."""
+    """Raw deflate blocks of the text, not final, ending on a byte boundary."""
     crc: int
+    size: int
 
     @classmethod
-    def of(cls, text: bytes) -> Encoded:
-        return cls(text, _deflate(text, final=False), zlib.crc32(text))
+    def of(cls, parts: Iterable[bytes], text: Callable[[], bytes]) -> Encoded:
+        """Compresses the text from its ``parts`` a megabyte at a time, never whole."""
+        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -15, 8)
+        deflated: list[bytes] = []
+        crc = size = 0
+        for chunk in _chunks(parts, _CHUNK):
+            deflated.append(compressor.compress(chunk))
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+        deflated.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+        return cls(text, b"".join(deflated), crc, size)
 
     def body(self, tail: bytes, compressed: bool) -> bytes:
         """The whole body: this head, then ``tail``; as one gzip member if ``compressed``."""
         if not compressed:
-            return self.text + tail
-        size = (len(self.text) + len(tail)) & 0xFFFFFFFF
+            return self.text() + tail
+        size = (self.size + len(tail)) & 0xFFFFFFFF
         trailer = struct.pack("<II", zlib.crc32(tail, self.crc), size)
-        # The tail is small: a small window compresses it as well, and faster.
-        return _GZIP_HEADER + self.deflated + _deflate(tail, final=True, window_bits=12) + trailer
+        return _GZIP_HEADER + self.deflated + _deflate_last(tail) + trailer
 
 
-def _deflate(data: bytes, final: bool, window_bits: int = 15) -> bytes:
-    """Raw deflate blocks; unless ``final``, ending on a byte boundary so more can follow."""
-    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -window_bits, 1 if final else 8)
-    flush = zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH
-    return compressor.compress(data) + compressor.flush(flush)
+def _chunks(parts: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """``parts`` joined into chunks of at least ``size`` bytes (the last may be shorter).
+
+    zlib lets go of the interpreter on each call: thousands of small calls would each wait
+    to get it back while the collections hold it.
+    """
+    buffered: list[bytes] = []
+    length = 0
+    for part in parts:
+        buffered.append(part)
+        length += len(part)
+        if length >= size:
+            yield b"".join(buffered)
+            buffered, length = [], 0
+    if buffered:
+        yield b"".join(buffered)
+
+
+def _deflate_last(data: bytes) -> bytes:
+    """Raw deflate blocks ending the stream; the data is small: a small window compresses it
+    as well, and faster."""
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -12, 1)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH)
 
 
 @dataclass(frozen=True)
@@ -235,15 +268,18 @@ class Layout:
             lines[number] = text[start:end]
         return tuple(lines)
 
-    def assemble(self, stores: Sequence[StoreText], shared: bytes) -> bytes:
-        """Every family once: its header, then each store's lines; then ``shared``."""
+    def parts(self, stores: Sequence[StoreText], shared: bytes) -> Iterator[bytes]:
+        """The body's parts: every family once, its header then each store's lines; then
+        ``shared``."""
         key = self.form.content_type
-        parts: list[bytes] = []
         for number, header in enumerate(self.headers):
-            parts.append(header)
-            parts.extend(store.lines[key][number] for store in stores)
-        parts.append(shared)
-        return b"".join(parts)
+            yield header
+            for store in stores:
+                yield store.lines[key][number]
+        yield shared
+
+    def assemble(self, stores: Sequence[StoreText], shared: bytes) -> bytes:
+        return b"".join(self.parts(stores, shared))
 
 
 @dataclass(frozen=True)
@@ -304,7 +340,9 @@ class Snapshot:
         for key, layout in layouts.items():
             if key not in encoded:
                 shared = layout.form.encode([build_info()], last=False)
-                encoded[key] = Encoded.of(layout.assemble(stores, shared))
+                encoded[key] = Encoded.of(
+                    layout.parts(stores, shared), partial(layout.assemble, stores, shared)
+                )
         return replace(self, layouts=layouts, stores=stores, encoded=encoded)
 
 

@@ -39,6 +39,7 @@ from exporter.snapshot import (
     FORMAT_MEMORY,
     MAX_FORMATS,
     PROMETHEUS_ACCEPT,
+    Encoded,
     LatestSnapshot,
     Layout,
     Snapshot,
@@ -444,3 +445,17 @@ def test_formats_are_encoded_ahead_while_scraped_and_within_bounds(
     assert set(metrics.snapshot.encoded) == {prometheus}
     metrics.page(odd[-1], "")
     assert set(metrics.snapshot.encoded) == {prometheus, choose_encoder(odd[-1])[1]}
+
+
+def test_a_body_of_many_megabytes_is_compressed_in_chunks_into_one_gzip_member() -> None:
+    lines = [
+        f'crmsync_pending_records{{store="s{n}"}} {n * 7 % 1013}.0\n'.encode()
+        for n in range(200_000)
+    ]
+    text = b"".join(lines)
+    assert len(text) > 3 * (1 << 20)  # several chunks
+    encoded = Encoded.of(iter(lines), lambda: text)
+    tail = b"crmsync_oldest_pending_age_seconds 1.5\n# EOF\n"
+    assert gzip.decompress(encoded.body(tail, compressed=True)) == text + tail
+    assert encoded.body(tail, compressed=False) == text + tail
+    assert len(encoded.deflated) < len(text) / 3
