@@ -189,6 +189,69 @@ def test_a_store_waiting_for_a_worker_does_not_go_stale(sqlite_url: str) -> None
     runner.close()
 
 
+@pytest.mark.parametrize("last_cycle", ["failed", "succeeded"])
+def test_waiting_for_a_server_whose_last_collection_failed_counts_against_freshness(
+    tmp_path: Path, stopping: list[Scheduler], last_cycle: str
+) -> None:
+    """A store queued behind a server's hanging cycle stays up while the server's last
+    collection succeeded (the server is busy), and goes stale on time when it failed (the
+    server is likely down, and its stores' gauges go with it)."""
+    hanging_url = sqlite_store(tmp_path / "hanging.db")
+    hanging = runner_for(hanging_url, name="hanging", interval="250ms", query_timeout="500ms")
+    waiting = runner_for(
+        sqlite_store(tmp_path / "waiting.db"), name="waiting", interval="1s", query_timeout="500ms"
+    )
+    finished: list[tuple[str, bool]] = []
+    hung, release = threading.Event(), threading.Event()
+    lock = threading.Lock()
+
+    def watch(runner: StoreRunner) -> None:
+        original = runner.run_once
+
+        def run_once(scheduled: float | None = None) -> Any:
+            with lock:
+                # Hang once the server's last finished cycle is the one the case wants.
+                hang = (
+                    runner is hanging
+                    and bool(finished)
+                    and finished[-1] == ("hanging", last_cycle == "failed")
+                    and not hung.is_set()
+                )
+            if hang:
+                hung.set()
+                assert release.wait(30)
+            state = original(scheduled)
+            with lock:
+                finished.append((runner.name, state.last_error is not None))
+            return state
+
+        runner.run_once = run_once  # type: ignore[method-assign]
+
+    for runner in (hanging, waiting):
+        watch(runner)
+    scheduler = Scheduler(
+        [hanging, waiting], workers=2, per_server=1, server_of=lambda _runner: ("db", 1)
+    )
+    stopping.append(scheduler)
+    scheduler.start()
+    wait_for(lambda: waiting.state.collections >= 1 and hanging.state.collections >= 1)
+    if last_cycle == "failed":
+        engine = sa.create_engine(hanging_url)
+        with engine.begin() as connection:
+            connection.execute(sa.text("ALTER TABLE sync_queue RENAME TO sync_queue_moved"))
+        engine.dispose()
+    try:
+        assert hung.wait(30), "the cycle to hang never came"
+        state = waiting.state
+        # Freshness: 2 intervals + the query timeout after its last collection ended.
+        assert state.fresh_until == pytest.approx(state.gauges_taken + 2.5)
+        wait_for(lambda: time.monotonic() > state.fresh_until + 1.0)
+        assert waiting.state is state  # it could not run: the server's one place is held
+        assert waiting.state.up(time.monotonic()) is (last_cycle == "succeeded")
+    finally:
+        release.set()
+
+
 def test_stop_ends_waiting_and_running_stores_at_once(
     tmp_path: Path, stopping: list[Scheduler]
 ) -> None:
