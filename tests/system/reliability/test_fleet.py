@@ -304,7 +304,13 @@ def test_connections_to_each_server_stay_within_the_cap(
     pending = by_name(final, "crmsync_pending_records")
     for name, count in {**pg.pending, **maria.pending}.items():
         served = sum(value for labels, value in pending.items() if ("store", name) in labels)
-        assert served == (0 if name in broken else count), name
+        assert served == (0 if name in broken else count), (
+            f"{name}: pending {served}, SQL {count}; up {up(final, name)}, collections "
+            f"{metric(final, 'crmsync_collections_total', store=name)}, failures "
+            f"{metric(final, 'crmsync_collection_failures_total', store=name)} "
+            f"({metric(recovered, 'crmsync_collection_failures_total', store=name)} when all "
+            f"were up); warnings: {[e for e in exporter.logs() if e.get('store') == name][-3:]}"
+        )
     for name in broken:
         assert (metric(final, "crmsync_collection_failures_total", store=name) or 0) >= 2
     assert metric(settled, "crmsync_collection_start_delay_seconds", store="pg5") is not None
