@@ -231,8 +231,8 @@ def measure_fleet(plan: FleetPlan, progress: Callable[[str], None]) -> FleetResu
         stores = [
             {
                 "name": store_schema(number),
-                "url": f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/{database}"
-                f"?options=-csearch_path%3D{store_schema(number)}",
+                "url": f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/{database}",
+                "schema": store_schema(number),
                 "interval": f"{plan.interval:g}s",
             }
             for number in range(plan.stores)

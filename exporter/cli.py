@@ -25,11 +25,10 @@ from sqlalchemy.engine import make_url
 
 from exporter import __version__, allocator
 from exporter.arguments import command_parser, setup_logging_from
-from exporter.collection import StoreReader
+from exporter.collection import StoreEngineError, StoreReader, store_engines
 from exporter.config import Config, ConfigError, load_config
 from exporter.connect_check import connect_check
-from exporter.connections import ConnectionLimits, DatabaseUrlError, server_of
-from exporter.dialects import UnsupportedDatabaseError
+from exporter.connections import ConnectionLimits, server_of
 from exporter.http import ExporterHTTPServer
 from exporter.publisher import Publisher
 from exporter.runner import StoreRunner
@@ -140,17 +139,18 @@ def build_runners(
     config: Config, shard: Shard, limits: ConnectionLimits | None = None
 ) -> list[StoreRunner]:
     """A runner for each store of the shard; a store's errors name its place in the file."""
-    runners = []
-    for index, store in enumerate(config.stores):
-        if not shard.keeps(store):
-            continue
+    numbered = [(index, store) for index, store in enumerate(config.stores) if shard.keeps(store)]
+    urls = []
+    for index, store in numbered:
         try:
-            runners.append(StoreRunner(StoreReader(store, limits=limits)))
+            urls.append((store, store.database_url()))
         except ConfigError as error:  # a password that cannot be read
             raise UsageError(f"stores[{index}].{'; '.join(error.problems)}") from None
-        except (DatabaseUrlError, UnsupportedDatabaseError) as error:
-            raise UsageError(f"stores[{index}].url: {error}") from None
-    return runners
+    try:
+        engines = store_engines(urls, limits)
+    except StoreEngineError as failed:
+        raise UsageError(f"stores[{numbered[failed.position][0]}].url: {failed}") from None
+    return [StoreRunner(StoreReader(store, engines[store.name])) for _, store in numbered]
 
 
 def make_server(

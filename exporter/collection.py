@@ -5,18 +5,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection
 from sqlalchemy.engine import URL, Engine
 
+from exporter import cycle_connections
 from exporter.config import StoreConfig
-from exporter.connections import ConnectionLimits, cancel_statement, store_engine
-from exporter.dialects import Dialect, dialect_for, interrupt_connection
+from exporter.connections import (
+    ConnectionLimits,
+    DatabaseUrlError,
+    cancel_statement,
+    server_of,
+    store_engine,
+)
+from exporter.dialects import Dialect, UnsupportedDatabaseError, dialect_for, interrupt_connection
 from exporter.feeds import FeedSink, IdFeed, MomentFeed, utc_datetime
 from exporter.labels import Series, StoreLabels
 from exporter.metric_specs import LATENCY_BUCKETS
@@ -290,11 +298,8 @@ class StoreReader:
             2 * config.query_timeout + 2.0, self._interrupt, f"watchdog-{config.name}"
         )
         self._connections: list[Any] = []
-        event.listen(self.engine, "connect", self._connected)
-        event.listen(self.engine, "close", self._closed)
-        event.listen(self.engine, "close_detached", self._closed)
-        event.listen(self.engine, "checkout", lambda *_: self._watchdog.progress())
-        event.listen(self.engine, "after_cursor_execute", lambda *_: self._watchdog.progress())
+        """The connections the running cycle holds: what the watchdog and shutdown end."""
+        cycle_connections.watch(self.engine)
 
     def _start_reading(self) -> None:
         """Counters at zero, feeds to take their position at the next read."""
@@ -310,12 +315,17 @@ class StoreReader:
             for feed in self.queries.feeds
         }
 
-    def _connected(self, dbapi_connection: Any, *_: Any) -> None:
-        self._connections.append(dbapi_connection)
+    # Told by cycle_connections about the connections of this store's running cycle.
+    def holding(self, dbapi_connection: Any) -> None:
+        if not any(held is dbapi_connection for held in self._connections):
+            self._connections = [*self._connections, dbapi_connection]
         self._watchdog.progress()
 
-    def _closed(self, dbapi_connection: Any, *_: Any) -> None:
+    def released(self, dbapi_connection: Any) -> None:
         self._connections = [c for c in self._connections if c is not dbapi_connection]
+
+    def progressed(self) -> None:
+        self._watchdog.progress()
 
     def _interrupt(self) -> None:
         log.warning(
@@ -338,7 +348,8 @@ class StoreReader:
         self._watchdog.arm()
         self._cycles += 1
         try:
-            gauges, step_seconds = self._collect()
+            with cycle_connections.running_cycle(self):
+                gauges, step_seconds = self._collect()
         except CollectionError as error:
             if not self._read_once:
                 # Counters start with the first successful read, whatever a failed one saw.
@@ -499,17 +510,54 @@ class StoreReader:
 
 
 def make_engine(config: StoreConfig, limits: ConnectionLimits | None = None) -> Engine:
-    """The store's engine: read-only sessions bounded by the query timeout (see connections)."""
-    url = read_only_sqlite(config.database_url())
-    dialect: Dialect = dialect_for(url.get_backend_name())
-    return store_engine(
-        url,
-        connect_args=dialect.connect_arguments(config.query_timeout),
-        query_timeout=config.query_timeout,
-        configure=lambda engine: dialect.configure(engine, config.query_timeout),
-        interval=config.interval,
-        limits=limits,
-    )
+    """The store's own engine: read-only sessions bounded by the query timeout."""
+    return store_engines([(config, config.database_url())], limits)[config.name]
+
+
+def store_engines(
+    stores: Sequence[tuple[StoreConfig, URL]], limits: ConnectionLimits | None = None
+) -> dict[str, Engine]:
+    """An engine for each store (given with its URL, password filled in), by name.
+
+    Stores of a database server that connect alike (the same URL, credentials and query
+    timeout) share one, and so its connections: a fleet of stores in one database, a
+    schema each, costs one engine (its memory and the dialect's first-connection queries)
+    and, read often enough together, a few connections kept open instead of one opened
+    and closed for each cycle (see connections). Raises StoreEngineError.
+    """
+    alike: dict[tuple[str, float], list[tuple[int, StoreConfig, URL]]] = {}
+    for position, (store, url) in enumerate(stores):
+        url = read_only_sqlite(url)
+        # SQLite has no server to spare: each store keeps an engine of its own.
+        key = url.render_as_string(hide_password=False) if server_of(url) else store.name
+        alike.setdefault((key, store.query_timeout), []).append((position, store, url))
+    engines: dict[str, Engine] = {}
+    for sharing in alike.values():
+        position, first, url = sharing[0]
+        timeout = first.query_timeout
+        try:
+            dialect: Dialect = dialect_for(url.get_backend_name())
+            engine = store_engine(
+                url,
+                connect_args=dialect.connect_arguments(timeout),
+                query_timeout=timeout,
+                configure=partial(dialect.configure, query_timeout=timeout),
+                intervals=[store.interval for _, store, _ in sharing],
+                limits=limits,
+            )
+        except (DatabaseUrlError, UnsupportedDatabaseError) as error:
+            raise StoreEngineError(position, error) from None
+        engines.update((store.name, engine) for _, store, _ in sharing)
+    return engines
+
+
+class StoreEngineError(Exception):
+    """No engine could be built for the store at ``position``: ``error`` says why."""
+
+    def __init__(self, position: int, error: DatabaseUrlError | UnsupportedDatabaseError) -> None:
+        super().__init__(str(error))
+        self.position = position
+        self.error = error
 
 
 def read_only_sqlite(url: URL) -> URL:

@@ -8,7 +8,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,8 @@ class _Open:
 
     engine: Engine
     connection: Any
+    opener: int
+    """The thread that opened it: stores share engines, a cycle runs in one thread."""
     established: bool = False
     """Whether its session was set up: SQLAlchemy drops a connection whose setup failed
     without closing it, so the cap closes it (see ``_sweep``)."""
@@ -134,7 +136,7 @@ class ServerConnections:
                 raise
             with self._changed:
                 self._opening -= 1
-                self._open[id(connection)] = _Open(engine, connection)
+                self._open[id(connection)] = _Open(engine, connection, threading.get_ident())
             return connection
 
         def established(dbapi_connection: Any, *_: Any) -> None:
@@ -185,16 +187,17 @@ class ServerConnections:
         self._closing = still
 
     def _sweep(self, engine: Engine) -> None:
-        """Close the connections of ``engine`` whose session setup failed.
+        """Close the connections of ``engine`` whose session setup failed in this thread.
 
-        A store's engine is used by one cycle at a time: when it connects again or reports
-        an error, a connection of it that never finished its setup was dropped.
+        A cycle runs in one thread: when it connects again or reports an error, a
+        connection it opened that never finished its setup was dropped.
         """
+        opener = threading.get_ident()
         with self._changed:
             dropped = [
                 (key, entry)
                 for key, entry in self._open.items()
-                if entry.engine is engine and not entry.established
+                if entry.engine is engine and entry.opener == opener and not entry.established
             ]
             for key, entry in dropped:
                 del self._open[key]
@@ -276,16 +279,19 @@ class ConnectionLimits:
                 self._servers[key] = ServerConnections(key, self.per_server)
             return self._servers[key]
 
-    def keeps(self, interval: float) -> bool:
-        """Whether a store collected every ``interval`` seconds keeps its connection open.
+    def keeps(self, intervals: Sequence[float]) -> bool:
+        """Whether an engine whose stores are collected every ``intervals`` seconds keeps
+        its connections open between cycles.
 
         Connecting costs a few milliseconds (PostgreSQL forks a backend; TLS adds round trips):
         nothing next to an interval of 15 s, while a connection kept open holds one of the
         server's ``max_connections`` for the whole interval, taken from the engine that
-        writes the store. Only a store read every few seconds reconnects often enough for
-        the saving to matter (see docs/BENCHMARKS.md, fleet).
+        writes the store. Only an engine whose stores together start a cycle more often
+        than every ``keep_below`` seconds (one store read every few seconds, or hundreds
+        sharing one database) reconnects often enough for the saving to matter (see
+        docs/BENCHMARKS.md, fleet).
         """
-        return interval < self.keep_below
+        return sum(1.0 / interval for interval in intervals if interval > 0) * self.keep_below > 1
 
 
 def store_engine(
@@ -293,30 +299,32 @@ def store_engine(
     connect_args: dict[str, Any],
     query_timeout: float,
     configure: Callable[[Engine], None],
-    interval: float,
+    intervals: Sequence[float],
     limits: ConnectionLimits | None,
 ) -> Engine:
-    """A store's engine: one connection, checked before use; capped per server when limited.
+    """The engine of the stores collected every ``intervals`` seconds, capped per server
+    when limited (a kept connection is pinged before use: see cycle_connections).
 
-    Without ``limits`` (a collector built on its own, as the tests and benchmark do) the one
-    connection stays open between cycles.
+    Kept open between cycles, it holds at most a connection per store and never more than
+    the cap; without ``limits`` (a collector built on its own, as the tests and benchmark
+    do) the connections always stay open.
     """
     server = server_of(url)
     options: dict[str, Any] = {
-        "pool_pre_ping": True,
         "pool_recycle": 3600,
         "connect_args": connect_args,
-        # Each engine would keep its own compiled statements (a store's queries differ in
-        # their tables and parameters): about 0.7 MB a store, against 2-3 ms of CPU a cycle
-        # to compile them anew (see docs/BENCHMARKS.md, fleet).
+        # The compiled statements would be kept per engine, and a store's queries differ in
+        # their tables and parameters from any other's: about 0.7 MB a store, against 2-3 ms
+        # of CPU a cycle to compile them anew (see docs/BENCHMARKS.md, fleet).
         "query_cache_size": 0,
     }
     if server is not None:
-        if limits is None or limits.keeps(interval):
-            options.update(pool_size=1, max_overflow=0, pool_timeout=query_timeout)
+        if limits is None or limits.keeps(intervals):
+            size = len(intervals) if limits is None else min(len(intervals), limits.per_server)
+            options.update(pool_size=size, max_overflow=0, pool_timeout=query_timeout)
         else:
-            # Closed when the cycle returns it: no pre-ping needed on a new connection.
-            options.update(poolclass=NullPool, pool_pre_ping=False)
+            # Closed when the cycle returns it.
+            options.update(poolclass=NullPool)
             del options["pool_recycle"]
     engine = open_engine(url, **options)
     configure(engine)

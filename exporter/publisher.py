@@ -15,6 +15,11 @@ log = logging.getLogger(__name__)
 # of wall time for a fraction of that in CPU, and pausing for five times those seconds left
 # /metrics that far behind the collections.
 PAUSE_FACTOR = 5.0
+# But no longer than this while a store never published yet waits: a write that encodes
+# many stores for the first time (a fleet starting) costs seconds of CPU once, and five
+# times that would keep the stores that came up meanwhile out of /metrics, and readiness,
+# for half a minute.
+MAX_PAUSE_FOR_NEW_STORES = 1.0
 
 
 class Publisher:
@@ -65,7 +70,11 @@ class Publisher:
             except Exception:
                 log.exception("writing the metrics failed")
             self._published = self._published | stores
+            pause = (time.thread_time() - started) * PAUSE_FACTOR
+            resume = time.monotonic() + pause
             with self._changed:
+                self._changed.wait_for(lambda: self._stopping, min(pause, MAX_PAUSE_FOR_NEW_STORES))
                 self._changed.wait_for(
-                    lambda: self._stopping, (time.thread_time() - started) * PAUSE_FACTOR
+                    lambda: self._stopping or not self._collected <= self._published,
+                    max(0.0, resume - time.monotonic()),
                 )

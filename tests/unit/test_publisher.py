@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
+from exporter import publisher as publisher_module
 from exporter.publisher import PAUSE_FACTOR, Publisher
 
 
@@ -67,3 +70,49 @@ def test_a_write_that_waits_rather_than_computes_is_not_followed_by_a_long_pause
     assert len(started) == 2
     # Paced by wall time, the second write would wait PAUSE_FACTOR * 0.4 s = 2 s.
     assert started[1] - ended[0] < waited * PAUSE_FACTOR / 4
+
+
+def burn(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time."""
+    spent = time.thread_time()
+    while time.thread_time() - spent < seconds:
+        pass
+
+
+@pytest.mark.parametrize("store_meanwhile", ["new", "published before"])
+def test_a_store_never_published_waits_at_most_a_short_pause(
+    monkeypatch: pytest.MonkeyPatch, store_meanwhile: str
+) -> None:
+    """A fleet's first writes encode every store once, seconds of CPU: a store that came up
+    meanwhile waits at most MAX_PAUSE_FOR_NEW_STORES; a store published before waits the
+    whole pause, PAUSE_FACTOR times the write's CPU time."""
+    monkeypatch.setattr(publisher_module, "MAX_PAUSE_FOR_NEW_STORES", 0.2)
+    burned = 0.2  # the whole pause: PAUSE_FACTOR * 0.2 s = 1 s
+    writes: list[tuple[float, float]] = []
+    second_done = threading.Event()
+
+    def publish() -> None:
+        started = time.monotonic()
+        if len(writes) == 1:
+            publisher.collected("b" if store_meanwhile == "new" else "a")
+            burn(burned)
+        writes.append((started, time.monotonic()))
+        if len(writes) == 3:
+            second_done.set()
+
+    publisher = Publisher(publish)
+    publisher.start()
+    try:
+        publisher.collected("a")
+        deadline = time.monotonic() + 10
+        while len(writes) < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        publisher.collected("a")  # the second write, during which another store ends
+        assert second_done.wait(10)
+    finally:
+        publisher.stop(5)
+    gap = writes[2][0] - writes[1][1]
+    if store_meanwhile == "new":
+        assert 0.15 < gap < burned * PAUSE_FACTOR / 2
+    else:
+        assert gap > burned * PAUSE_FACTOR * 0.8

@@ -42,12 +42,17 @@ class Fleet:
     urls: dict[str, str] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
     admin: sa.Engine | None = None
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """A store's settings besides its URL."""
 
     def sessions(self) -> int:
         raise NotImplementedError
 
     def stores(self, **settings: Any) -> list[dict[str, Any]]:
-        return [{"name": name, "url": url, **settings} for name, url in self.urls.items()]
+        return [
+            {"name": name, "url": url, **self.settings.get(name, {}), **settings}
+            for name, url in self.urls.items()
+        ]
 
 
 class PgFleet(Fleet):
@@ -159,7 +164,13 @@ def pg_fleet(count: int, admin_url: str = POSTGRES_ADMIN, slow: bool = False) ->
             with admin.connect() as connection:
                 for statement in statements:
                     connection.execute(sa.text(statement))
-            reader = server.set(username=fleet.login, password=password).update_query_dict(options)
+            reader = server.set(username=fleet.login, password=password)
+            if number % 2:
+                reader = reader.update_query_dict(options)
+            else:
+                # Half the stores name their schema in the configuration: with the same URL,
+                # they share one engine and its connections.
+                fleet.settings[f"pg{number}"] = {"schema": schema}
             fleet.urls[f"pg{number}"] = reader.render_as_string(hide_password=False)
         yield fleet
     finally:
@@ -347,6 +358,9 @@ def test_a_full_server_fails_its_own_stores_only(tmp_path: Path) -> None:
         with pg_fleet(6, full.url()) as crowded, pg_fleet(6) as spared:
             crowded.urls = {f"full{n}": url for n, url in enumerate(crowded.urls.values())}
             crowded.pending = {f"full{n}": c for n, c in enumerate(crowded.pending.values())}
+            crowded.settings = {
+                name.replace("pg", "full"): value for name, value in crowded.settings.items()
+            }
             held = fill_connections(full, filler, password)
             config = write_fleet_config(
                 tmp_path / "fleet.yml",
