@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 # of wall time for a fraction of that in CPU, and pausing for five times those seconds left
 # /metrics that far behind the collections.
 PAUSE_FACTOR = 5.0
+# And at least this: each publication makes the next scrape write every store's ages again
+# (12 ms for 500 stores), and a publication of a few stores costs little: publishing more
+# often than twice a second is more work than news.
+MIN_PAUSE = 0.5
 # But no longer than this while a store never published yet waits: a write that encodes
 # many stores for the first time (a fleet starting) costs seconds of CPU once, and five
 # times that would keep the stores that came up meanwhile out of /metrics, and readiness,
@@ -70,7 +74,7 @@ class Publisher:
             except Exception:
                 log.exception("writing the metrics failed")
             self._published = self._published | stores
-            pause = (time.thread_time() - started) * PAUSE_FACTOR
+            pause = max((time.thread_time() - started) * PAUSE_FACTOR, MIN_PAUSE)
             resume = time.monotonic() + pause
             with self._changed:
                 self._changed.wait_for(lambda: self._stopping, min(pause, MAX_PAUSE_FOR_NEW_STORES))

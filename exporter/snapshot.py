@@ -91,6 +91,29 @@ class Format:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A run of the body's parts (one family: its header then each store's lines), deflated
+    on its own so that a snapshot whose parts are the very same reuses it."""
+
+    parts: tuple[bytes, ...]
+    deflated: bytes
+    """Raw deflate blocks of the parts, not final, ending on a byte boundary."""
+
+    @classmethod
+    def of(cls, parts: tuple[bytes, ...], kept: Segment | None) -> Segment:
+        if (
+            kept is not None
+            and len(kept.parts) == len(parts)
+            and all(old is new for old, new in zip(kept.parts, parts, strict=True))
+        ):
+            return kept
+        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -15, 8)
+        deflated = [compressor.compress(chunk) for chunk in _chunks(parts, _CHUNK)]
+        deflated.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+        return cls(parts, b"".join(deflated))
+
+
+@dataclass(frozen=True)
 class Encoded:
     """The head of a body in one format, compressed, to be continued by each scrape's tail.
 
@@ -103,19 +126,43 @@ class Encoded:
     """Raw deflate blocks of the text, not final, ending on a byte boundary."""
     crc: int
     size: int
+    segments: tuple[Segment, ...] = ()
 
     @classmethod
-    def of(cls, parts: Iterable[bytes], text: Callable[[], bytes]) -> Encoded:
-        """Compresses the text from its ``parts`` a megabyte at a time, never whole."""
-        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -15, 8)
-        deflated: list[bytes] = []
+    def of(
+        cls,
+        runs: Iterable[tuple[bytes, ...]],
+        text: Callable[[], bytes],
+        previous: Encoded | None = None,
+    ) -> Encoded:
+        """Compresses the text from its runs of parts, a megabyte at a time, never whole;
+        a run whose parts are those of ``previous``'s run at the same place is not
+        compressed again (between collections most families of most stores are unchanged:
+        compressing all of 500 stores' 20 MB took 60 ms a publication)."""
+        kept = previous.segments if previous is not None else ()
+        segments = []
         crc = size = 0
-        for chunk in _chunks(parts, _CHUNK):
-            deflated.append(compressor.compress(chunk))
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
-        deflated.append(compressor.flush(zlib.Z_SYNC_FLUSH))
-        return cls(text, b"".join(deflated), crc, size)
+        for number, parts in enumerate(runs):
+            segments.append(Segment.of(parts, kept[number] if number < len(kept) else None))
+            for part in parts:
+                crc = zlib.crc32(part, crc)
+                size += len(part)
+        deflated = b"".join(segment.deflated for segment in segments)
+        return cls(text, deflated, crc, size, tuple(segments))
+
+    def then(self, text: bytes) -> Encoded:
+        """This head followed by ``text``, compressed on its own: scrapes of the same second
+        share the ages this way, rather than each compressing them again (4 ms for 500
+        stores)."""
+        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -15, 8)
+        deflated = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        head = self.text
+        return Encoded(
+            lambda: head() + text,
+            self.deflated + deflated,
+            zlib.crc32(text, self.crc),
+            self.size + len(text),
+        )
 
     def body(self, tail: bytes, compressed: bool) -> bytes:
         """The whole body: this head, then ``tail``; as one gzip member if ``compressed``."""
@@ -268,18 +315,16 @@ class Layout:
             lines[number] = text[start:end]
         return tuple(lines)
 
-    def parts(self, stores: Sequence[StoreText], shared: bytes) -> Iterator[bytes]:
+    def runs(self, stores: Sequence[StoreText], shared: bytes) -> Iterator[tuple[bytes, ...]]:
         """The body's parts: every family once, its header then each store's lines; then
         ``shared``."""
         key = self.form.content_type
         for number, header in enumerate(self.headers):
-            yield header
-            for store in stores:
-                yield store.lines[key][number]
-        yield shared
+            yield (header, *(store.lines[key][number] for store in stores))
+        yield (shared,)
 
     def assemble(self, stores: Sequence[StoreText], shared: bytes) -> bytes:
-        return b"".join(self.parts(stores, shared))
+        return b"".join(part for run in self.runs(stores, shared) for part in run)
 
 
 @dataclass(frozen=True)
@@ -329,8 +374,11 @@ class Snapshot:
     def adding(self, formats: Iterable[Format], previous: Snapshot | None = None) -> Snapshot:
         """The same snapshot, encoded in ``formats`` too (reusing ``previous``'s stores)."""
         layouts = dict(self.layouts)
+        # The same layout as before: its headers are the very parts Encoded.of compares.
+        known = {} if previous is None else previous.layouts
         for form in formats:
-            layouts.setdefault(form.content_type, Layout.of(form))
+            if form.content_type not in layouts:
+                layouts[form.content_type] = known.get(form.content_type) or Layout.of(form)
         kept = {text.store: text for text in (previous or self).stores}
         stores = tuple(
             StoreText.encode(state, self.built_at, layouts, kept.get(state.store))
@@ -341,7 +389,9 @@ class Snapshot:
             if key not in encoded:
                 shared = layout.form.encode([build_info()], last=False)
                 encoded[key] = Encoded.of(
-                    layout.parts(stores, shared), partial(layout.assemble, stores, shared)
+                    layout.runs(stores, shared),
+                    partial(layout.assemble, stores, shared),
+                    None if previous is None else previous.encoded.get(key),
                 )
         return replace(self, layouts=layouts, stores=stores, encoded=encoded)
 
@@ -383,8 +433,8 @@ class LatestSnapshot:
             prometheus.content_type: (prometheus, clock())
         }
         """Formats scraped lately, by content type, and when last."""
-        self._ages: dict[str, tuple[Snapshot, int, bytes]] = {}
-        """The ages last encoded per format, and the second they are of."""
+        self._ages: dict[str, tuple[Snapshot, int, Encoded]] = {}
+        """Per format, the body with the ages last encoded, and the second they are of."""
         self._snapshot = Snapshot.build(tuple(states()), clock(), ())
 
     @property
@@ -407,12 +457,14 @@ class LatestSnapshot:
         form = Format.negotiate(accept)
         now = self._clock()
         snapshot = self._current(now, form)
-        tail = self._encoded_ages(snapshot, form, now) + form.encode(self._extras.collect())
+        extras = form.encode(self._extras.collect())
         compressed = gzip_accepted(accept_encoding)
-        encoded = snapshot.encoded.get(form.content_type)
-        if encoded is not None:
-            return Page(encoded.body(tail, compressed), form.content_type, compressed)
-        body = form.encode(snapshot.families(), last=False) + tail
+        if form.content_type in snapshot.encoded:
+            with_ages = self._with_ages(snapshot, form, now)
+            return Page(with_ages.body(extras, compressed), form.content_type, compressed)
+        # Past the bounded number of formats: encoded whole for this scrape.
+        ages = form.encode([age_family(snapshot.states, now)], last=False)
+        body = form.encode(snapshot.families(), last=False) + ages + extras
         if compressed:
             body = gzip.compress(body, _GZIP_LEVEL, mtime=0)
         return Page(body, form.content_type, compressed)
@@ -433,11 +485,9 @@ class LatestSnapshot:
                 self._replace(snapshot.adding([form]))
             return self._snapshot
 
-    def _encoded_ages(self, snapshot: Snapshot, form: Format, now: float) -> bytes:
-        """The ages at ``now``; scrapes within the same second share them, so that a hundred
-        scrapers cost little more than one."""
-        if form.content_type not in snapshot.encoded:  # past the bounded number of formats
-            return form.encode([age_family(snapshot.states, now)], last=False)
+    def _with_ages(self, snapshot: Snapshot, form: Format, now: float) -> Encoded:
+        """The snapshot's body then the ages at ``now``; scrapes within the same second
+        share them, so that a hundred scrapers cost little more than one."""
         second = math.floor(now)
         # Scrapes that arrive together wait for the first one's text rather than each
         # encoding the same ages at once.
@@ -445,9 +495,10 @@ class LatestSnapshot:
             kept = self._ages.get(form.content_type)
             if kept is not None and kept[0] is snapshot and kept[1] == second:
                 return kept[2]
-            text = snapshot.layouts[form.content_type].ages(snapshot, now)
-            self._ages[form.content_type] = (snapshot, second, text)
-            return text
+            ages = snapshot.layouts[form.content_type].ages(snapshot, now)
+            with_ages = snapshot.encoded[form.content_type].then(ages)
+            self._ages[form.content_type] = (snapshot, second, with_ages)
+            return with_ages
 
     def _replace(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot

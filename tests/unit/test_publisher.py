@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -40,9 +41,12 @@ def test_collections_ending_during_a_write_are_published_together_by_the_next() 
     assert publisher.published == {"a", "b", "c", "d"}
 
 
-def test_a_write_that_waits_rather_than_computes_is_not_followed_by_a_long_pause() -> None:
+def test_a_write_that_waits_rather_than_computes_is_not_followed_by_a_long_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A write's wall time is mostly waiting for the interpreter while collections run:
     the pause after it follows its CPU time, or /metrics would lag seconds behind."""
+    monkeypatch.setattr(publisher_module, "MIN_PAUSE", 0.0)
     waited = 0.4
     ended: list[float] = []
     started: list[float] = []
@@ -116,3 +120,22 @@ def test_a_store_never_published_waits_at_most_a_short_pause(
         assert 0.15 < gap < burned * PAUSE_FACTOR / 2
     else:
         assert gap > burned * PAUSE_FACTOR * 0.8
+
+
+def test_writes_are_at_least_the_minimum_pause_apart() -> None:
+    """Each write makes the next scrape write every store's ages again: collections ending
+    every few milliseconds are published together, at most twice a second."""
+    starts: list[float] = []
+
+    publisher = Publisher(lambda: starts.append(time.monotonic()))
+    publisher.start()
+    try:
+        deadline = time.monotonic() + 1.6
+        while time.monotonic() < deadline:
+            publisher.collected("a")
+            time.sleep(0.005)
+    finally:
+        publisher.stop(5)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert 2 <= len(starts) <= 5
+    assert all(gap >= publisher_module.MIN_PAUSE * 0.95 for gap in gaps), gaps

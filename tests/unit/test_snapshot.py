@@ -173,12 +173,23 @@ def test_stores_are_encoded_when_their_state_changes_and_laid_out_family_by_fami
     assert metrics.page(accept, "").body == reference(accept, states, clock, extras())
     before = {text.store: text.lines for text in metrics.snapshot.stores}
 
+    key = choose_encoder(accept)[1]
+    segments_before = metrics.snapshot.encoded[key].segments
+
     # One store's collection ends: only its samples are encoded again.
     add_pending(writer, 7, seed=11)
     states[2] = other.run_once()
     metrics.publish()
     after = {text.store: text.lines for text in metrics.snapshot.stores}
-    key = choose_encoder(accept)[1]
+    # Compressed again: the families where any store's lines changed, and no other.
+    segments_after = metrics.snapshot.encoded[key].segments
+    recompressed = {
+        family.spec.name
+        for family, old, new in zip(STORE_FAMILIES, segments_before, segments_after, strict=False)
+        if old is not new
+    }
+    assert "crmsync_pending_records" in recompressed
+    assert "crmsync_sync_latency_seconds" not in recompressed
     assert after["main"][key] is before["main"][key]
     assert after["never-read"][key] is before["never-read"][key]
     # Of its families, those whose part of the state changed: the backlog (7 more pending)
@@ -199,6 +210,7 @@ def test_stores_are_encoded_when_their_state_changes_and_laid_out_family_by_fami
     }
     body = metrics.page(accept, "").body
     assert body == reference(accept, states, clock, extras())
+    assert gzip.decompress(metrics.page(accept, "gzip").body) == body
     served = samples(body.decode()) if not accept else None
     if served is not None:
         assert sum(by_name(served, "crmsync_pending_records").values()) == 200 + 207
@@ -207,7 +219,9 @@ def test_stores_are_encoded_when_their_state_changes_and_laid_out_family_by_fami
     add_history(writer, 30, seed=12, hours=0.01)
     states[2] = other.run_once()
     metrics.publish()
-    assert metrics.page(accept, "").body == reference(accept, states, clock, extras())
+    expected = reference(accept, states, clock, extras())
+    assert metrics.page(accept, "").body == expected
+    assert gzip.decompress(metrics.page(accept, "gzip").body) == expected
     other.close()
 
 
@@ -454,8 +468,15 @@ def test_a_body_of_many_megabytes_is_compressed_in_chunks_into_one_gzip_member()
     ]
     text = b"".join(lines)
     assert len(text) > 3 * (1 << 20)  # several chunks
-    encoded = Encoded.of(iter(lines), lambda: text)
+    encoded = Encoded.of([tuple(lines)], lambda: text)
     tail = b"crmsync_oldest_pending_age_seconds 1.5\n# EOF\n"
     assert gzip.decompress(encoded.body(tail, compressed=True)) == text + tail
     assert encoded.body(tail, compressed=False) == text + tail
     assert len(encoded.deflated) < len(text) / 3
+    # The ages of a second follow it, compressed once for every scrape of that second.
+    ages = b"".join(
+        f'crmsync_oldest_pending_age_seconds{{s="{n}"}} {n}.0\n'.encode() for n in range(9)
+    )
+    with_ages = encoded.then(ages)
+    assert gzip.decompress(with_ages.body(tail, compressed=True)) == text + ages + tail
+    assert with_ages.body(tail, compressed=False) == text + ages + tail
