@@ -2,10 +2,11 @@
 
 prometheus_client's encoders write every body. Each store's samples are encoded when its
 state changes and kept; a snapshot lays every family out once, its header then each store's
-lines. What moves between collections (the oldest pending ages, the process's own metrics)
-is encoded per scrape and appended. A snapshot is encoded, and compressed, in Prometheus's
-format and each other format scraped lately: the first scrape in a new format encodes the
-latest snapshot in it too, the next collections encode it ahead.
+lines, each family compressed on its own and kept while its lines are. What moves between
+collections (the oldest pending ages, the process's own metrics) is encoded, and compressed,
+once a second for the scrapes of that second, and appended. A snapshot is encoded, and
+compressed, in Prometheus's format and each other format scraped lately: the first scrape in
+a new format encodes the latest snapshot in it too, the next collections encode it ahead.
 """
 
 from __future__ import annotations
@@ -420,7 +421,7 @@ class LatestSnapshot:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``states`` the stores' current states; ``extras`` what else /metrics serves (the
-        process's own metrics), collected per scrape."""
+        process's own metrics), collected once a second (for a format encoded ahead)."""
         self._states = states
         self._extras = extras
         self._clock = clock
@@ -434,7 +435,7 @@ class LatestSnapshot:
         }
         """Formats scraped lately, by content type, and when last."""
         self._ages: dict[str, tuple[Snapshot, int, Encoded]] = {}
-        """Per format, the body with the ages last encoded, and the second they are of."""
+        """Per format, the body with the ages and extras last encoded, and their second."""
         self._snapshot = Snapshot.build(tuple(states()), clock(), ())
 
     @property
@@ -457,13 +458,13 @@ class LatestSnapshot:
         form = Format.negotiate(accept)
         now = self._clock()
         snapshot = self._current(now, form)
-        extras = form.encode(self._extras.collect())
         compressed = gzip_accepted(accept_encoding)
         if form.content_type in snapshot.encoded:
-            with_ages = self._with_ages(snapshot, form, now)
-            return Page(with_ages.body(extras, compressed), form.content_type, compressed)
+            whole = self._of_the_second(snapshot, form, now)
+            return Page(whole.body(b"", compressed), form.content_type, compressed)
         # Past the bounded number of formats: encoded whole for this scrape.
         ages = form.encode([age_family(snapshot.states, now)], last=False)
+        extras = form.encode(self._extras.collect())
         body = form.encode(snapshot.families(), last=False) + ages + extras
         if compressed:
             body = gzip.compress(body, _GZIP_LEVEL, mtime=0)
@@ -485,9 +486,11 @@ class LatestSnapshot:
                 self._replace(snapshot.adding([form]))
             return self._snapshot
 
-    def _with_ages(self, snapshot: Snapshot, form: Format, now: float) -> Encoded:
-        """The snapshot's body then the ages at ``now``; scrapes within the same second
-        share them, so that a hundred scrapers cost little more than one."""
+    def _of_the_second(self, snapshot: Snapshot, form: Format, now: float) -> Encoded:
+        """The snapshot's body, then the ages at ``now`` and the process's own metrics;
+        scrapes within the same second share them, so that a hundred scrapers cost little
+        more than one, and a scrape needs the interpreter for little while collections
+        keep it busy (reading /proc for the process's metrics alone takes it a dozen times)."""
         second = math.floor(now)
         # Scrapes that arrive together wait for the first one's text rather than each
         # encoding the same ages at once.
@@ -496,9 +499,10 @@ class LatestSnapshot:
             if kept is not None and kept[0] is snapshot and kept[1] == second:
                 return kept[2]
             ages = snapshot.layouts[form.content_type].ages(snapshot, now)
-            with_ages = snapshot.encoded[form.content_type].then(ages)
-            self._ages[form.content_type] = (snapshot, second, with_ages)
-            return with_ages
+            extras = form.encode(self._extras.collect())
+            whole = snapshot.encoded[form.content_type].then(ages + extras)
+            self._ages[form.content_type] = (snapshot, second, whole)
+            return whole
 
     def _replace(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
