@@ -30,7 +30,7 @@ from exporter.config import Config, ConfigError, load_config
 from exporter.connect_check import connect_check
 from exporter.connections import ConnectionLimits, server_of
 from exporter.http import ExporterHTTPServer
-from exporter.publisher import Publisher
+from exporter.publisher import EverySecond, Publisher
 from exporter.runner import StoreRunner
 from exporter.scheduler import Scheduler
 from exporter.sharding import Shard, ShardInfo
@@ -214,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
     # Encoded after collections, once for however many ended meanwhile (see publisher), before
     # any scrape asks for them.
     publisher = Publisher(metrics.publish)
+    # The ages and the process's own metrics, written once a second before the scrapes ask.
+    ticker = EverySecond(metrics.prepare)
 
     # Ready once every store's first collection (or failure) is in /metrics: from then on
     # /metrics tells the truth about each (crmsync_up says which could not be read).
@@ -258,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
     # With 500 stores, that halved the time until every store was first collected.
     gc.freeze()
     publisher.start()
+    ticker.start()
     scheduler.start()
     stop_by = [float("inf")]
 
@@ -283,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
         if not scheduler.stop(deadline):
             log.warning("collections still running at exit", extra={"stores": len(runners)})
         publisher.stop(max(0.0, deadline - time.monotonic()))
+        ticker.stop(max(0.0, deadline - time.monotonic()))
         close_all(runners, deadline)
     return 0
 

@@ -1,4 +1,5 @@
-"""Writes the metrics after collections: once for however many ended meanwhile."""
+"""Writes the metrics after collections, once for however many ended meanwhile, and what
+moves every second ahead of that second's scrapes."""
 
 from __future__ import annotations
 
@@ -82,3 +83,29 @@ class Publisher:
                     lambda: self._stopping or not self._collected <= self._published,
                     max(0.0, resume - time.monotonic()),
                 )
+
+
+class EverySecond:
+    """Calls ``tick`` just after each whole second of the clock, in a thread of its own, so
+    that what moves every second (the ages) is written before the scrapes of that second."""
+
+    def __init__(self, tick: Callable[[], None], clock: Callable[[], float] = time.monotonic):
+        self._tick = tick
+        self._clock = clock
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="every-second", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stopping.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(1.0 - self._clock() % 1.0 + 0.001):
+            try:
+                self._tick()
+            except Exception:
+                log.exception("writing the metrics of the second failed")

@@ -448,6 +448,7 @@ class LatestSnapshot:
         try:
             with self._building:
                 self._replace(self._build())
+            self.prepare()
         except Exception:
             log.exception("encoding the metrics failed")
         # The previous snapshot is garbage now: give its pages back.
@@ -460,7 +461,7 @@ class LatestSnapshot:
         snapshot = self._current(now, form)
         compressed = gzip_accepted(accept_encoding)
         if form.content_type in snapshot.encoded:
-            whole = self._of_the_second(snapshot, form, now)
+            whole = self._of_the_second(snapshot, form, now, wait=False)
             return Page(whole.body(b"", compressed), form.content_type, compressed)
         # Past the bounded number of formats: encoded whole for this scrape.
         ages = form.encode([age_family(snapshot.states, now)], last=False)
@@ -486,28 +487,55 @@ class LatestSnapshot:
                 self._replace(snapshot.adding([form]))
             return self._snapshot
 
-    def _of_the_second(self, snapshot: Snapshot, form: Format, now: float) -> Encoded:
+    def prepare(self) -> None:
+        """Write the ages and the process's metrics of this second ahead of the scrapes, in
+        each format scraped lately (once a second, and after each publication)."""
+        now = self._clock()
+        snapshot = self._snapshot
+        with self._asking:
+            formats = [form for form, asked in self._asked.values() if now - asked <= FORMAT_MEMORY]
+        for form in formats:
+            if form.content_type in snapshot.encoded:
+                self._of_the_second(snapshot, form, now)
+        with self._aging:  # nothing keeps an old snapshot alive for a format not scraped
+            for key in set(self._ages) - {form.content_type for form in formats}:
+                del self._ages[key]
+
+    def _of_the_second(
+        self, snapshot: Snapshot, form: Format, now: float, wait: bool = True
+    ) -> Encoded:
         """The snapshot's body, then the ages at ``now`` and the process's own metrics;
         scrapes within the same second share them, so that a hundred scrapers cost little
         more than one, and a scrape needs the interpreter for little while collections
-        keep it busy (reading /proc for the process's metrics alone takes it a dozen times)."""
+        keep it busy (reading /proc for the process's metrics alone takes it a dozen times).
+
+        Unless ``wait``, while another thread writes them the last ones written are returned
+        (ages at most a second old, or the previous publication's) rather than waiting.
+        """
         second = math.floor(now)
-        # Scrapes that arrive together wait for the first one's text rather than each
-        # encoding the same ages at once.
-        with self._aging:
-            kept = self._ages.get(form.content_type)
+        key = form.content_type
+        kept = self._ages.get(key)
+        if kept is not None and kept[0] is snapshot and kept[1] == second:
+            return kept[2]
+        if not self._aging.acquire(blocking=wait or kept is None):
+            assert kept is not None
+            return kept[2]
+        try:
+            kept = self._ages.get(key)
             if kept is not None and kept[0] is snapshot and kept[1] == second:
                 return kept[2]
-            ages = snapshot.layouts[form.content_type].ages(snapshot, now)
+            ages = snapshot.layouts[key].ages(snapshot, now)
             extras = form.encode(self._extras.collect())
-            whole = snapshot.encoded[form.content_type].then(ages + extras)
-            self._ages[form.content_type] = (snapshot, second, whole)
+            whole = snapshot.encoded[key].then(ages + extras)
+            self._ages[key] = (snapshot, second, whole)
             return whole
+        finally:
+            self._aging.release()
 
     def _replace(self, snapshot: Snapshot) -> None:
+        # The ages of the previous snapshot stay until prepare() writes the new one's: a
+        # scrape meanwhile is served them rather than waiting.
         self._snapshot = snapshot
-        with self._aging:
-            self._ages.clear()  # nothing keeps the previous snapshot alive
 
     def _build(self) -> Snapshot:
         now = self._clock()

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from exporter import publisher as publisher_module
-from exporter.publisher import PAUSE_FACTOR, Publisher
+from exporter.publisher import PAUSE_FACTOR, EverySecond, Publisher
 
 
 def test_collections_ending_during_a_write_are_published_together_by_the_next() -> None:
@@ -139,3 +139,17 @@ def test_writes_are_at_least_the_minimum_pause_apart() -> None:
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     assert 2 <= len(starts) <= 5
     assert all(gap >= publisher_module.MIN_PAUSE * 0.95 for gap in gaps), gaps
+
+
+def test_every_second_ticks_just_after_each_whole_second_until_stopped() -> None:
+    ticks: list[float] = []
+    ticker = EverySecond(lambda: ticks.append(time.monotonic()))
+    ticker.start()
+    time.sleep(2.6)
+    ticker.stop(5)
+    stopped = len(ticks)
+    time.sleep(1.1)
+    assert len(ticks) == stopped
+    assert 2 <= stopped <= 3
+    # Each just past a whole second of the clock the snapshot's seconds are counted on.
+    assert all(0.0 <= tick % 1.0 < 0.2 for tick in ticks), ticks

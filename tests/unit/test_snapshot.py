@@ -252,37 +252,65 @@ def test_ages_advance_between_scrapes_without_a_new_collection(
     ]
 
 
-def test_scrapes_arriving_together_encode_the_ages_once(
+def test_scrapes_arriving_together_encode_the_ages_once_and_never_wait(
     store: tuple[StoreRunner, sa.Engine, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner, *_ = store
     clock = Clock(runner.state.gauges_taken + 1.0)
     metrics = LatestSnapshot(lambda: [runner.state], extras(), clock)
-    metrics.publish()
     built: list[float] = []
     encode_ages = Layout.ages
 
     def slow_ages(layout: Layout, snapshot: Snapshot, now: float) -> bytes:
         built.append(now)
-        time.sleep(0.05)  # long enough for every scraper to arrive meanwhile
+        time.sleep(0.2)  # long enough for every scraper to arrive meanwhile
         return encode_ages(layout, snapshot, now)
 
     monkeypatch.setattr(Layout, "ages", slow_ages)
-    pages: list[bytes] = []
-    scrapers = [
-        threading.Thread(target=lambda: pages.append(metrics.page(PROMETHEUS_ACCEPT, "").body))
-        for _ in range(8)
-    ]
-    for scraper in scrapers:
-        scraper.start()
-    for scraper in scrapers:
-        scraper.join(10)
-    assert len(pages) == 8
+
+    def scrape_together() -> tuple[list[bytes], list[float]]:
+        """Eight scrapes a few milliseconds apart: their bodies and how long each took."""
+        scraped: list[tuple[float, bytes]] = []
+
+        def scrape() -> None:
+            started = time.monotonic()
+            body = metrics.page(PROMETHEUS_ACCEPT, "").body
+            scraped.append((time.monotonic() - started, body))
+
+        scrapers = [threading.Thread(target=scrape) for _ in range(8)]
+        for scraper in scrapers:
+            scraper.start()
+            time.sleep(0.005)
+        for scraper in scrapers:
+            scraper.join(10)
+        assert len(scraped) == 8
+        scraped.sort()
+        return [body for _, body in scraped], [took for took, _ in scraped]
+
+    # A publication writes the ages of its second ahead of the scrapes.
+    metrics.publish()
+    assert len(built) == 1
+    pages, _ = scrape_together()
     assert len(set(pages)) == 1
     assert len(built) == 1
-    clock.now += 1.0  # the next second's scrape encodes them anew
-    metrics.page(PROMETHEUS_ACCEPT, "")
+
+    # In the next second the first scraper writes them; the others are served the last
+    # ones written meanwhile, a second old, rather than wait.
+    clock.now += 1.0
+    pages, took = scrape_together()
     assert len(built) == 2
+    assert len(set(pages)) == 2
+    assert took[-2] < 0.1 < took[-1]  # only the one that wrote them waited
+    assert metrics.page(PROMETHEUS_ACCEPT, "").body == pages[-1]  # this second's, kept
+    assert len(built) == 2
+
+    # Written once a second ahead (the exporter's ticker): no scrape writes them.
+    clock.now += 1.0
+    metrics.prepare()
+    assert len(built) == 3
+    pages, _ = scrape_together()
+    assert len(set(pages)) == 1
+    assert len(built) == 3
 
 
 def test_a_scrape_during_a_collection_gets_the_whole_previous_snapshot(
