@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from crmsync_testing.exporter_process import Exporter, metric, up, write_config
@@ -63,13 +64,16 @@ class Scraper(threading.Thread):
         connection.close()
 
 
-def test_a_hundred_scrapers_for_a_minute(pg_store: PgStore, tmp_path: Path) -> None:
+def test_a_hundred_scrapers_for_a_minute(
+    pg_store: PgStore, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     engine = pg_store.engine()
     add_pending(engine, 200)
     add_history(engine, 5000)
     add_errors(engine, 300)
     start = newest(engine)
     exporter = start_exporter(tmp_path, pg_store, interval=f"{INTERVAL:g}s")
+    request.addfinalizer(exporter.stop)  # also when an assertion fails
     writer: Writer | None = None
     try:
         exporter.wait_serving()
