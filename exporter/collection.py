@@ -552,12 +552,11 @@ def store_engines(
 
 
 class StoreEngineError(Exception):
-    """No engine could be built for the store at ``position``: ``error`` says why."""
+    """No engine could be built for the store at ``position``; the message says why."""
 
     def __init__(self, position: int, error: DatabaseUrlError | UnsupportedDatabaseError) -> None:
         super().__init__(str(error))
         self.position = position
-        self.error = error
 
 
 def read_only_sqlite(url: URL) -> URL:

@@ -131,7 +131,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     ) -> None:
         super().__init__(address, _Handler)
         self.handling = threading.BoundedSemaphore(MAX_HANDLING)
-        """Requests handled at once (see _Handler.handle_one_request)."""
+        """Requests answered at once (see _Handler._serve)."""
         self.ready = ready
         """Whether /-/ready answers 200 (every store collected or failed once) or 503."""
         self.metrics = metrics
